@@ -1,0 +1,229 @@
+"""Make any timm ``VisionTransformer`` prunable without editing timm.
+
+The model's ``Block`` and ``Attention`` instances get subclasses of their own classes (as ToMe does),
+whose forwards call timm's submodules (``norm1``, ``attn.qkv``, ``q_norm``, ``ls1``, ``drop_path1``,
+``mlp`` …) and compute attention explicitly, so the CLS row of the attention can be read. With no
+pruning site the block runs timm's own forward. :class:`PrunableViT` runs the timm model's own
+embedding, ``norm`` and ``forward_head``; only the loop over blocks is ours.
+
+Pruning sits between MSA and MLP of a block (RCTP §III-B): after the attention residual, the patch
+tokens whose CLS-attention score is below the block's threshold θ_l are dropped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
+
+from .pruning import cls_attention_scores, gather_tokens, threshold_keep_indices
+
+
+class UnsupportedModelError(ValueError):
+    """The model is not a timm VisionTransformer with a class token and standard blocks."""
+
+
+class PrunableAttention(Attention):
+    """timm ``Attention`` that also returns the CLS row of its attention map."""
+
+    def forward_with_scores(self, x: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Explicit attention (same math as timm's non-fused path).
+
+        Args:
+            x: (B, N, C) normalised tokens.
+            num_prefix: p, prefix tokens (CLS is token 0).
+
+        Returns:
+            out: (B, N, C) the MSA output (after ``proj``/``proj_drop``).
+            scores: (B, N - p) CLS-attention score per patch token, mean over heads.
+        """
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = attn.softmax(dim=-1)
+        scores = cls_attention_scores(attn, num_prefix)
+        out = self.attn_drop(attn) @ v
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        out = self.norm(out)
+        if gate is not None:
+            out = out * gate
+        return self.proj_drop(self.proj(out)), scores
+
+
+class PrunableBlock(Block):
+    """timm ``Block`` split into the parts that are pruned and profiled separately.
+
+    ``num_prefix`` is set once when the model is adapted.
+    """
+
+    num_prefix: int = 1
+
+    def attention_part(self, x: torch.Tensor, fisher_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MSA with residual: (B, N, C) -> (B, N, C), plus (B, N - p) CLS scores.
+
+        ``fisher_mask`` (B, N, 1) of ones, when given, multiplies the MSA output (RCTP eq. (4)).
+        """
+        a, scores = self.attn.forward_with_scores(self.norm1(x), self.num_prefix)
+        if fisher_mask is not None:
+            a = a * fisher_mask
+        return x + self.drop_path1(self.ls1(a)), scores
+
+    def mlp_part(self, x: torch.Tensor) -> torch.Tensor:
+        """MLP with residual: (B, n, C) -> (B, n, C)."""
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def select(self, x: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C)."""
+        return gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix))
+
+
+@dataclass
+class ForwardOutput:
+    """Result of :meth:`PrunableViT.forward_with_info`.
+
+    Attributes:
+        logits: (B, classes).
+        scores: per block, (B, P_l) CLS-attention scores of the block's input patch tokens
+            (only when requested or needed for pruning, else None).
+        kept: per block, number of patch tokens leaving the block (after its selector), as a
+            0-d int64 tensor (traced into the exported graph as a Shape op).
+    """
+
+    logits: torch.Tensor
+    scores: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+
+
+def _check_supported(model: nn.Module) -> None:
+    name = type(model).__name__
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(
+            f"{name} is not a timm VisionTransformer: vitedge prunes ViT/DeiT models (e.g. vit_small_patch16_224, deit_tiny_patch16_224)")
+    if getattr(model, "cls_token", None) is None:
+        raise UnsupportedModelError(
+            f"{name} has no class token: CLS-attention pruning needs one; use a ViT/DeiT with class_token=True")
+    for i, blk in enumerate(model.blocks):
+        if type(blk) not in (Block, PrunableBlock) or type(blk.attn) not in (Attention, PrunableAttention):
+            raise UnsupportedModelError(
+                f"block {i} is a {type(blk).__name__} with {type(blk.attn).__name__}: only timm's standard Block/Attention are supported")
+    if getattr(model, "dynamic_img_size", False):
+        raise UnsupportedModelError(f"{name} uses dynamic_img_size: export needs a fixed input size; create it without that option")
+
+
+class PrunableViT(nn.Module):
+    """A timm ViT whose blocks can prune patch tokens by threshold.
+
+    Args:
+        vit: a timm ``VisionTransformer`` (``vit_*``, ``deit_*`` incl. distilled, LayerScale, qk-norm).
+            Its blocks' classes are swapped for :class:`PrunableBlock`/:class:`PrunableAttention`
+            in place; parameters are shared, nothing is copied.
+
+    Raises:
+        UnsupportedModelError: Swin, ConvNeXt, a ViT without class token, or non-standard blocks.
+    """
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        _check_supported(vit)
+        self.vit = vit.eval()
+        self.num_prefix = int(vit.num_prefix_tokens)
+        for blk in vit.blocks:
+            blk.__class__ = PrunableBlock
+            blk.attn.__class__ = PrunableAttention
+            blk.num_prefix = self.num_prefix
+        self.thresholds: list[float | None] = [None] * len(vit.blocks)
+
+    # -- shape facts used by tables, calibration and export ------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vit.embed_dim)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.vit.blocks[0].attn.num_heads)
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.vit.patch_embed.num_patches)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix
+
+    @property
+    def mlp_ratio(self) -> float:
+        return self.vit.blocks[0].mlp.fc1.out_features / self.dim
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        img = self.vit.patch_embed.img_size
+        return (int(self.vit.patch_embed.proj.in_channels), int(img[0]), int(img[1]))
+
+    def set_thresholds(self, thresholds) -> None:
+        """Set θ_l per block; ``None`` (or -inf) means no selector in that block.
+
+        A finite threshold at or below 0 keeps every token but still runs the selector (used to
+        measure the selector's overhead). Raises ValueError on a wrong length or NaN.
+        """
+        values = list(thresholds)
+        if len(values) != self.depth:
+            raise ValueError(f"expected {self.depth} thresholds (one per block), got {len(values)}")
+        out = []
+        for t in values:
+            if t is None or (isinstance(t, float) and math.isinf(t) and t < 0):
+                out.append(None)
+            elif isinstance(t, (int, float)) and not math.isnan(t):
+                out.append(float(t))
+            else:
+                raise ValueError(f"threshold {t!r} is not a number")
+        self.thresholds = out
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + prefix tokens + position embedding: (B, 3, H, W) -> (B, N, C)."""
+        v = self.vit
+        return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm + timm's ``forward_head``: (B, n, C) -> (B, classes)."""
+        return self.vit.forward_head(self.vit.norm(x))
+
+    def forward_with_info(self, x: torch.Tensor, *, want_scores: bool = False,
+                          fisher_masks: list | None = None) -> ForwardOutput:
+        """Forward pass with pruning per :attr:`thresholds`, returning scores and kept counts.
+
+        Args:
+            x: (B, 3, H, W) images; B must be 1 when any block has a threshold.
+            want_scores: also compute CLS scores in blocks without a selector.
+            fisher_masks: per block a (B, N, 1) mask multiplied into the MSA output (RCTP eq. (4));
+                only without pruning.
+        """
+        tokens = self.embed(x)
+        out = ForwardOutput(logits=tokens)
+        for i, blk in enumerate(self.vit.blocks):
+            theta = self.thresholds[i]
+            mask = fisher_masks[i] if fisher_masks is not None else None
+            if theta is None and mask is None and not want_scores:
+                tokens, scores = Block.forward(blk, tokens), None
+            else:
+                tokens, scores = blk.attention_part(tokens, mask)
+                if theta is not None:
+                    tokens = blk.select(tokens, scores, theta)
+                tokens = blk.mlp_part(tokens)
+            out.scores.append(scores)
+            out.kept.append(torch._shape_as_tensor(tokens)[1] - self.num_prefix)
+        out.logits = self.head(tokens)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, classes) logits, pruning per :attr:`thresholds`."""
+        return self.forward_with_info(x).logits
