@@ -1,0 +1,6 @@
+"""Devices (transport x runtime x settings) and the torch-free on-device runner."""
+from .base import Device, DeviceError, LocalDevice, available_devices, get_device, register_device
+from .runner import MeasureConfig, PlanError, RuntimeMissingError
+
+__all__ = ["Device", "DeviceError", "LocalDevice", "MeasureConfig", "PlanError", "RuntimeMissingError",
+           "available_devices", "get_device", "register_device"]

@@ -1,0 +1,121 @@
+"""Devices: where models are timed. A device = transport x runtime x settings.
+
+This module has the host-side interface and the ``local`` transport (this machine, in process).
+Every transport runs the same protocol through :mod:`vitedge.devices.runner`: the plan/result JSON
+documented there. No torch here.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Callable
+
+from . import runner
+from .runner import MeasureConfig, PlanError, RuntimeMissingError
+
+RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime"}
+
+
+class DeviceError(ValueError):
+    """Unknown device, unusable settings, or the device failed (one-line message)."""
+
+
+@dataclass
+class Device:
+    """A target: ``name`` (registry key), ``runtime`` (runner runtime), ``threads`` and protocol knobs.
+
+    Subclasses implement :meth:`run_plan` and :meth:`measure_model`.
+    """
+
+    name: str = "local"
+    runtime: str = "onnxruntime"
+    threads: int = 0
+    config: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def __post_init__(self):
+        if self.threads <= 0:
+            self.threads = os.cpu_count() or 1
+        if self.runtime not in runner.available_runtimes():
+            raise DeviceError(f"unknown runtime {self.runtime!r}: use one of {', '.join(runner.available_runtimes())}")
+
+    def runtime_version(self) -> str:
+        """Version of the runtime package on the device. Raises RuntimeMissingError if absent."""
+        raise NotImplementedError
+
+    def run_plan(self, plan: dict, *, on_point: Callable[[dict], None] | None = None) -> dict:
+        """Run a runner plan (see :mod:`vitedge.devices.runner`) and return its result dict."""
+        raise NotImplementedError
+
+    def measure_model(self, model_path, feeds_list: list, *, name: str = "model") -> dict:
+        """Time a whole model cycling through ``feeds_list`` (one dict of arrays per image).
+
+        Returns the runner's Measurement dict (samples_ms, median_ms, p90_ms, mad_ms, runs, ...).
+        Raises DeviceError when the measurement failed.
+        """
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["config"] = asdict(self.config)
+        return d
+
+
+@dataclass
+class LocalDevice(Device):
+    """This machine, in process (no copy, no subprocess)."""
+
+    def runtime_version(self) -> str:
+        pkg = RUNTIME_PACKAGES.get(self.runtime, self.runtime)
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            raise RuntimeMissingError(f"{pkg} is not installed: run `python -m pip install {pkg}`") from None
+
+    def run_plan(self, plan: dict, *, on_point=None) -> dict:
+        plan = dict(plan, runtime=self.runtime, threads=self.threads, config=asdict(self.config))
+        try:
+            return runner.run_plan(plan, on_point=on_point)
+        except PlanError as e:
+            raise DeviceError(f"local device rejected the plan: {e}") from None
+
+    def measure_model(self, model_path, feeds_list, *, name="model") -> dict:
+        session = runner.open_session(self.runtime, str(model_path), self.threads)
+        m = runner.measure_feeds(session, feeds_list, self.config, name).to_dict()
+        if m["error_code"] != 0:
+            raise DeviceError(f"measuring {model_path} on {self.name} failed: {m['error']}")
+        m["environment"] = runner.environment(self.runtime, self.threads, session.version)
+        return m
+
+
+_DEVICES: dict[str, type[Device]] = {}
+
+
+def register_device(name: str, cls: type[Device]) -> None:
+    """Add a device class to the registry (warns when overwriting)."""
+    if name in _DEVICES:
+        warnings.warn(f"overwriting device {name!r} in the registry", stacklevel=2)
+    _DEVICES[name] = cls
+
+
+register_device("local", LocalDevice)
+
+
+def available_devices() -> list[str]:
+    return sorted(_DEVICES)
+
+
+def get_device(name: str = "local", *, runtime: str = "onnxruntime", threads: int = 0,
+               config: MeasureConfig | None = None) -> Device:
+    """Instantiate a registered device.
+
+    Raises:
+        DeviceError: unknown device or runtime.
+        RuntimeMissingError: the runtime package is not installed (checked here, before any work).
+    """
+    if name not in _DEVICES:
+        raise DeviceError(f"unknown device {name!r}: use one of {', '.join(available_devices())}")
+    dev = _DEVICES[name](name=name, runtime=runtime, threads=threads, config=config or MeasureConfig())
+    dev.runtime_version()
+    return dev

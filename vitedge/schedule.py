@@ -1,0 +1,83 @@
+"""Schedule: the per-block pruning decision the search picks and the export compiles (JSON)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FORMAT = "vitedge-schedule"
+VERSION = 1
+
+
+class ScheduleError(ValueError):
+    """Corrupt or mismatched schedule file."""
+
+
+@dataclass
+class Schedule:
+    """Per-block thresholds chosen by the search.
+
+    Attributes:
+        mode: "threshold" (keep = score >= θ_l; NonZero + Gather).
+        candidates: (L,) candidate indices m_l (0 = keep every token, no selector).
+        thresholds: (L,) θ_l; None where m_l = 0.
+        budget: the budget searched for, in ``unit`` ("ms" or "flops").
+        cost_model: "latency" or "flops".
+        predicted: predicted cost (same unit) from the calibration tables (independent blocks).
+        predicted_kept: (L,) mean kept patch tokens per block the calibration predicts.
+        fisher_loss: sum of the chosen f[l, m_l] (RCTP eq. (7) objective).
+        meta: identities (model hash, calibration file hash, table hash, device).
+    """
+
+    mode: str
+    candidates: list
+    thresholds: list
+    budget: float
+    unit: str
+    cost_model: str
+    predicted: float
+    predicted_kept: list
+    fisher_loss: float
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def keeps_everything(self) -> bool:
+        return all(t is None for t in self.thresholds)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+    def save(self, path) -> None:
+        """Write JSON atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def load(cls, path) -> "Schedule":
+        """Raises ScheduleError on a missing, corrupt or foreign file."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ScheduleError(f"schedule {path} does not exist: run `vitedge search` first") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ScheduleError(f"schedule {path} is not valid JSON: re-run `vitedge search`") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
+            raise ScheduleError(f"{path} is not a vitedge schedule (version {VERSION}): re-run `vitedge search`")
+        d = {k: v for k, v in d.items() if k not in ("format", "version")}
+        try:
+            s = cls(**d)
+        except TypeError as e:
+            raise ScheduleError(f"schedule {path} is incomplete ({e}): re-run `vitedge search`") from None
+        if len(s.thresholds) != len(s.candidates) or any(t is not None and not math.isfinite(t) for t in s.thresholds):
+            raise ScheduleError(f"schedule {path} has inconsistent thresholds: re-run `vitedge search`")
+        return s

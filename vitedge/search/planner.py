@@ -1,0 +1,113 @@
+"""From tables to a schedule: the cost model (measured latency or RCTP's FLOPs) + monotone Viterbi.
+
+Pure NumPy: reads a :class:`~vitedge.calibration.store.Calibration` and, for the latency cost model,
+a :class:`~vitedge.tables.latency.LatencyTable`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..calibration.tables import block_flops
+from ..schedule import Schedule
+from ..tables.latency import LatencyTable
+from .viterbi import BudgetUnreachableError, MonotoneViterbi, flops_cost_table
+
+COST_MODELS = ("latency", "flops")
+
+
+class Planner:
+    """Build the Viterbi tables once; answer any budget by backtracking ("one shot", RCTP §III-C).
+
+    Args:
+        calibration: thresholds θ (L, M), FI loss f (L, M), kept counts n (L, M, D).
+        cost_model: "latency" -- cost[l, m] = expected ms of what candidate m's kept tokens cost
+            downstream (:meth:`LatencyTable.candidate_costs`), budget in ms for the whole model;
+            "flops" -- RCTP's cost[l, m] = (1 - m/M) φ_BLK(N) (eq. (5), (7)), budget as a fraction R
+            of the unpruned blocks' FLOPs (R = 1 - C of the paper).
+        table: the latency table (required for "latency").
+
+    Raises:
+        ValueError: unknown cost model or missing table; LatencyTableError: table/model mismatch.
+    """
+
+    def __init__(self, calibration, cost_model: str = "latency", table: LatencyTable | None = None):
+        if cost_model not in COST_MODELS:
+            raise ValueError(f"unknown cost model {cost_model!r}: use one of {', '.join(COST_MODELS)}")
+        self.calibration, self.cost_model, self.table = calibration, cost_model, table
+        L, M = calibration.thresholds.shape
+        meta = calibration.meta
+        if cost_model == "latency":
+            if table is None:
+                raise ValueError("the latency cost model needs a latency table: run `vitedge profile` or pass --latency-table")
+            if table.num_tokens != meta["num_patches"] + meta["num_prefix"] or int(table.model["dim"]) != meta["dim"] \
+                    or int(table.model["depth"]) != L:
+                from ..tables.latency import LatencyTableError
+
+                raise LatencyTableError(f"latency table is for N={table.num_tokens}, dim={table.model['dim']}, depth={table.model['depth']}; "
+                                        f"calibration is for N={meta['num_patches'] + meta['num_prefix']}, dim={meta['dim']}, depth={L}: "
+                                        "profile and calibrate the same model")
+            self.cost, self.base = table.candidate_costs(calibration.kept)
+            self.unit = "ms"
+            self.full = float(table.predict_ms(np.full(L, meta["num_patches"]), np.zeros(L, bool)))
+        else:
+            phi = float(block_flops(meta["num_patches"] + meta["num_prefix"], meta["dim"]))
+            self.cost, self.base = flops_cost_table(L, M, phi), 0.0
+            self.unit = "flops"
+            self.full = L * phi
+        self.viterbi = MonotoneViterbi(calibration.fisher_loss, self.cost, unit=self.unit)
+
+    @property
+    def min_budget(self) -> float:
+        """Smallest total (ms, or FLOPs fraction for "flops") any monotone schedule reaches."""
+        v = self.base + self.viterbi.min_cost
+        return v if self.unit == "ms" else v / self.full
+
+    def _schedule(self, indices, budget: float, total: float, loss: float) -> Schedule:
+        cal = self.calibration
+        L = len(indices)
+        idx = [int(i) for i in indices]
+        thr = [None if m == 0 else float(cal.thresholds[l, m]) for l, m in enumerate(idx)]
+        kept = [float(cal.kept[l, m].mean()) for l, m in enumerate(idx)]
+        return Schedule(mode="threshold", candidates=idx, thresholds=thr, budget=float(budget), unit=self.unit,
+                        cost_model=self.cost_model, predicted=float(total), predicted_kept=kept, fisher_loss=float(loss),
+                        meta={"model_hash": cal.meta.get("model_hash"), "image_set_hash": cal.meta.get("image_set_hash"),
+                              "num_candidates": int(cal.thresholds.shape[1]), "num_layers": L,
+                              "device": None if self.table is None else self.table.device.get("name"),
+                              "runtime": None if self.table is None else self.table.device.get("runtime"),
+                              "threads": None if self.table is None else self.table.device.get("threads")})
+
+    def keep_all(self, budget: float) -> Schedule:
+        """The schedule that prunes nothing (used when the budget is at or above the unpruned cost)."""
+        L = self.calibration.thresholds.shape[0]
+        return self._schedule(np.zeros(L, np.int64), budget, self.base + float(self.cost[:, 0].sum()), 0.0)
+
+    def solve(self, budget: float) -> Schedule:
+        """Best schedule for ``budget`` (ms for "latency"; fraction of unpruned FLOPs for "flops").
+
+        Raises:
+            ValueError: budget <= 0 or not finite (or a FLOPs fraction above 1).
+            BudgetUnreachableError: below :attr:`min_budget` (the message names it).
+        """
+        if not np.isfinite(budget) or budget <= 0:
+            flag = "--budget-ms" if self.unit == "ms" else "--budget-flops"
+            raise ValueError(f"budget must be a positive number, got {budget}: pass {flag} > 0")
+        if self.unit == "flops" and budget > 1:
+            raise ValueError(f"--budget-flops is a fraction of the unpruned FLOPs in (0, 1], got {budget}")
+        absolute = budget if self.unit == "ms" else budget * self.full
+        variable = absolute - self.base
+        try:
+            if variable <= 0:
+                raise BudgetUnreachableError("", self.viterbi.min_cost)
+            sol = self.viterbi.solve(variable)
+        except BudgetUnreachableError as e:
+            reach = self.base + e.min_budget
+            if self.unit == "ms":
+                msg = (f"budget {budget:.2f} ms is below the smallest reachable {reach:.2f} ms on this device: "
+                       f"raise --budget-ms to at least {reach:.2f}")
+            else:
+                frac = reach / self.full
+                msg = f"budget {budget:.3f} of the FLOPs is below the smallest reachable {frac:.3f}: raise --budget-flops to at least {frac:.3f}"
+                reach = frac
+            raise BudgetUnreachableError(msg, reach) from None
+        total = self.base + sol.cost
+        return self._schedule(sol.indices, budget, total if self.unit == "ms" else total / self.full, sol.loss)

@@ -1,0 +1,207 @@
+"""Latency table: measured latency of a block's parts vs. token count on one device (SPViT eq. (9)).
+
+All blocks of a ViT have the same shape, so one table per part serves every block:
+
+- ``attention`` T_att(n): MSA + residual on n tokens, also producing the CLS scores;
+- ``selector``  T_sel(n): threshold + NonZero + Gather on n tokens (profiled keeping all: worst case);
+- ``mlp``       T_mlp(n): MLP + residual on n tokens;
+- fixed parts: ``embed`` (image -> N tokens), ``head`` (N tokens -> logits) and ``run_overhead``
+  (one runtime call with nothing computed).
+
+Each part was timed as its own runtime call, so its time holds one call overhead; the model is
+one call. The whole-model prediction is therefore::
+
+    T = o + (embed - o) + sum_l [ (att(n_in_l) - o) + s_l (sel(n_in_l) - o) + (mlp(n_out_l) - o) ] + (head - o)
+
+with o the run overhead, n = prefix + kept patch tokens, s_l = 1 where block l has a selector.
+The file is JSON (format ``vitedge-latency-table``, version 1); raw samples are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "vitedge-latency-table"
+VERSION = 1
+PARTS = ("attention", "selector", "mlp")
+FIXED = ("embed", "head", "run_overhead")
+SHAPE_KEYS = ("dim", "num_heads", "mlp_ratio", "depth", "num_tokens", "num_prefix", "input_size")
+
+
+class LatencyTableError(ValueError):
+    """Corrupt, mismatched or incomplete latency table (one-line message naming the fix)."""
+
+
+@dataclass
+class LatencyTable:
+    """Per-part latency (ms) for n = 1..N tokens on one device/runtime/threads.
+
+    Attributes:
+        model: model shape and identity: name, hash, dim, num_heads, mlp_ratio, depth, num_tokens (N),
+            num_prefix, input_size.
+        device: name, runtime, runtime_version, threads, environment.
+        parts: {part: {"median_ms": [N floats], "p90_ms": [N], "samples_ms": [N lists]}} for :data:`PARTS`.
+        fixed: {name: {"median_ms": float, "p90_ms": float, "samples_ms": [...]}} for :data:`FIXED`.
+        protocol: the measurement settings; drift: the reference point's medians and the verdict.
+    """
+
+    model: dict
+    device: dict
+    parts: dict
+    fixed: dict
+    protocol: dict = field(default_factory=dict)
+    drift: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    # -- lookups -------------------------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        return int(self.model["num_tokens"])
+
+    @property
+    def overhead_ms(self) -> float:
+        return float(self.fixed["run_overhead"]["median_ms"])
+
+    def part_ms(self, part: str, n) -> np.ndarray:
+        """Median latency (ms) of ``part`` on ``n`` tokens, minus one call overhead, clamped at 0.
+
+        Args:
+            part: "attention", "selector" or "mlp".
+            n: int or int array of token counts (prefix included), 1 <= n <= N.
+
+        Raises:
+            LatencyTableError: n outside the table (no silent extrapolation).
+        """
+        n = np.asarray(n)
+        if n.size and (n.min() < 1 or n.max() > self.num_tokens):
+            raise LatencyTableError(f"token count {int(n.min())}..{int(n.max())} outside the table's 1..{self.num_tokens}")
+        med = np.asarray(self.parts[part]["median_ms"], np.float64)
+        return np.maximum(med[n - 1] - self.overhead_ms, 0.0)
+
+    def fixed_ms(self, name: str) -> float:
+        """Median of a fixed part (ms) minus one call overhead (``run_overhead`` itself: as measured)."""
+        med = float(self.fixed[name]["median_ms"])
+        return med if name == "run_overhead" else max(med - self.overhead_ms, 0.0)
+
+    def base_ms(self) -> float:
+        """The cost no schedule changes: one call, embedding, block 1's attention on N tokens, head."""
+        return (self.overhead_ms + self.fixed_ms("embed") + self.fixed_ms("head")
+                + float(self.part_ms("attention", self.num_tokens)))
+
+    def predict_ms(self, kept: np.ndarray, selectors: np.ndarray | None = None) -> np.ndarray:
+        """Predicted whole-model latency (ms) for kept patch-token counts.
+
+        Args:
+            kept: (L,) or (L, D) patch tokens leaving each block (D images).
+            selectors: (L,) bool, block has a selector; default: where a block keeps fewer tokens
+                than it received.
+
+        Returns:
+            () or (D,) predicted latency in ms.
+        """
+        kept = np.asarray(kept, np.int64)
+        p, N = int(self.model["num_prefix"]), self.num_tokens
+        n_out = kept + p
+        n_in = np.concatenate([np.full((1,) + kept.shape[1:], N), n_out[:-1]], axis=0)
+        if selectors is None:
+            selectors = (n_out < n_in).any(axis=tuple(range(1, kept.ndim))) if kept.ndim > 1 else n_out < n_in
+        sel = np.asarray(selectors, bool).reshape((-1,) + (1,) * (kept.ndim - 1))
+        t = self.part_ms("attention", n_in) + sel * self.part_ms("selector", n_in) + self.part_ms("mlp", n_out)
+        return self.overhead_ms + self.fixed_ms("embed") + self.fixed_ms("head") + t.sum(axis=0)
+
+    def candidate_costs(self, kept: np.ndarray) -> tuple[np.ndarray, float]:
+        """Cost table for the search, threshold mode (expected over calibration images).
+
+        Choosing candidate m at block l makes ``kept[l, m, :]`` patch tokens leave block l; that
+        costs block l's MLP and block l+1's attention on those tokens, plus block l's selector when
+        m > 0 (charged on N tokens: an upper bound, the selector is nearly flat in n).
+
+        Args:
+            kept: (L, M, D) kept patch tokens per block, candidate and image (calibration).
+
+        Returns:
+            cost: (L, M) expected ms per candidate; base: ms common to every schedule
+            (:meth:`base_ms`), so that total = base + sum_l cost[l, m_l].
+        """
+        kept = np.asarray(kept, np.int64)
+        L, M, _ = kept.shape
+        n = kept + int(self.model["num_prefix"])
+        per_image = self.part_ms("mlp", n)
+        per_image[:-1] += self.part_ms("attention", n[:-1])
+        cost = per_image.mean(axis=2)
+        cost[:, 1:] += float(self.part_ms("selector", self.num_tokens))
+        return cost, self.base_ms()
+
+    # -- checks and IO -------------------------------------------------------------------------------
+    def check_model(self, shape: dict, *, source: str = "latency table") -> None:
+        """Raise :class:`LatencyTableError` if the table was measured for another model shape."""
+        for key in SHAPE_KEYS:
+            mine, theirs = self.model.get(key), shape.get(key)
+            if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
+                mine, theirs = list(mine or []), list(theirs or [])
+            if mine != theirs:
+                raise LatencyTableError(f"{source} was measured for {key}={mine}, this model has {key}={theirs}: "
+                                        "profile this model with `vitedge profile`")
+
+    def check_device(self, device: str, runtime: str, threads: int, *, source: str = "latency table") -> None:
+        """Raise :class:`LatencyTableError` if the table was measured on another device/runtime/threads."""
+        want = {"name": device, "runtime": runtime, "threads": threads}
+        for key, value in want.items():
+            if self.device.get(key) != value:
+                raise LatencyTableError(f"{source} is for {key}={self.device.get(key)}, not {value}: "
+                                        f"profile with `vitedge profile --device {device} --runtime {runtime} --threads {threads}`")
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model": self.model, "device": self.device,
+                "protocol": self.protocol, "drift": self.drift, "meta": self.meta, "parts": self.parts,
+                "fixed": self.fixed}
+
+    def save(self, path) -> None:
+        """Write JSON atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_dict()))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def load(cls, path) -> "LatencyTable":
+        """Read and validate a table file.
+
+        Raises:
+            LatencyTableError: missing, not JSON, other format/version, missing parts or wrong lengths.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise LatencyTableError(f"latency table {path} does not exist: run `vitedge profile` first")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LatencyTableError(f"latency table {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): re-run `vitedge profile`") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise LatencyTableError(f"{path} is not a vitedge latency table: re-run `vitedge profile`")
+        if d.get("version") != VERSION:
+            raise LatencyTableError(f"{path} has table version {d.get('version')}, this vitedge reads {VERSION}: re-run `vitedge profile`")
+        try:
+            table = cls(model=d["model"], device=d["device"], parts=d["parts"], fixed=d["fixed"],
+                        protocol=d.get("protocol", {}), drift=d.get("drift", {}), meta=d.get("meta", {}))
+            N = table.num_tokens
+            for part in PARTS:
+                for key in ("median_ms", "p90_ms"):
+                    if len(table.parts[part][key]) != N:
+                        raise LatencyTableError(f"{path}: part {part!r} has {len(table.parts[part][key])} {key} entries, expected {N}: re-run `vitedge profile`")
+                if not np.all(np.isfinite(table.parts[part]["median_ms"])):
+                    raise LatencyTableError(f"{path}: part {part!r} has failed measurements: re-run `vitedge profile`")
+            for name in FIXED:
+                float(table.fixed[name]["median_ms"])
+        except (KeyError, TypeError) as e:
+            raise LatencyTableError(f"{path} is missing {e}: re-run `vitedge profile`") from None
+        return table
