@@ -52,7 +52,10 @@ def load_timm_model(name: str | None = None, *, checkpoint: str | Path | None = 
     """
     name = name or REFERENCE_NAME
     if name == REFERENCE_NAME:
-        model = build_reference(weights=checkpoint is None)
+        try:
+            model = build_reference(weights=checkpoint is None)
+        except FileNotFoundError as e:
+            raise ModelLoadError(str(e)) from None
     else:
         import timm
 

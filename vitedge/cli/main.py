@@ -1,0 +1,184 @@
+"""``vitedge`` command line: thin wrappers over the library. Errors: one line on stderr, exit 2
+(bad input), 1 (budget not met after the closed loop), 3 (runtime missing)."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..context import Context, Options
+
+
+def _fail(msg: str, code: int = 2):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..calibration import CalibrationError
+        from ..data.images import ImageSetError
+        from ..devices import DeviceError, PlanError, RuntimeMissingError
+        from ..exporters.onnx import ExportError
+        from ..models.adapter import UnsupportedModelError
+        from ..models.loading import ModelLoadError
+        from ..pipeline import BudgetNotMetError
+        from ..profiling import ProfileError
+        from ..schedule import ScheduleError
+        from ..search import BudgetUnreachableError
+        from ..tables.latency import LatencyTableError
+
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeMissingError as e:
+            _fail(str(e), 3)
+        except BudgetNotMetError as e:
+            _fail(str(e), 1)
+        except (ModelLoadError, UnsupportedModelError, ImageSetError, CalibrationError, LatencyTableError,
+                ScheduleError, BudgetUnreachableError, DeviceError, PlanError, ExportError, ProfileError, ValueError) as e:
+            _fail(" ".join(str(e).split()))
+    return wrapper
+
+
+def model_options(fn):
+    opts = [
+        click.option("--model", default=None, help="timm model name (default: the shipped reference ViT on digits)."),
+        click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                     help="weights: .safetensors or .pth (read with weights_only=True)."),
+        click.option("--pretrained", is_flag=True, help="download timm's pretrained weights (needs internet)."),
+        click.option("--data", default=None, help="calibration images: ImageFolder layout or a flat folder (default: digits calibration split)."),
+        click.option("--calib-limit", type=click.IntRange(min=1), default=None, help="use at most this many calibration images."),
+        click.option("--device", default="local", show_default=True, help="target device."),
+        click.option("--runtime", default="onnxruntime", show_default=True, help="runtime on the device."),
+        click.option("--threads", type=click.IntRange(min=0), default=0, help="runtime threads (0: all cores)."),
+        click.option("--cache-dir", default=None, help="artifact cache (default $VITEDGE_CACHE or ~/.cache/vitedge)."),
+        click.option("--no-cache", is_flag=True, help="recompute calibration and latency table."),
+        click.option("--quiet", is_flag=True, help="no progress bars."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _options(kw: dict, **extra) -> Options:
+    return Options(model=kw["model"], checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], data=kw["data"],
+                   calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
+                   cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"], **extra)
+
+
+def _log(msg: str):
+    click.echo(msg, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vitedge")
+def main():
+    """vitedge: make timm Vision Transformers meet a latency budget on an edge device, without retraining."""
+
+
+@main.command()
+@model_options
+@click.option("--num-candidates", "-M", type=click.IntRange(min=2), default=201, show_default=True, help="thresholds per block (RCTP: 201).")
+@click.option("--importance", type=click.Choice(["fisher_block", "fisher_raw", "cls_attention"]), default="fisher_block", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="calibration file (.npz).")
+@_handle_errors
+def calibrate(output, num_candidates, importance, **kw):
+    """RCTP stages 1-3: Fisher information, candidate thresholds, FI-loss table."""
+    ctx = Context(_options(kw, num_candidates=num_candidates, importance=importance), log=_log)
+    cal = ctx.calibration()
+    cal.save(output)
+    click.echo(f"calibration: {cal.num_layers} blocks x {cal.num_candidates} candidates over {cal.num_images} images -> {output}")
+
+
+@main.command()
+@model_options
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="latency table (.json).")
+@_handle_errors
+def profile(output, **kw):
+    """Measure latency vs. kept tokens of each block part on the device."""
+    ctx = Context(_options(kw), log=_log)
+    table = ctx.latency_table()
+    table.save(output)
+    N = table.num_tokens
+    click.echo(f"latency table ({table.device['name']}, {table.device['runtime']} {table.device['runtime_version']}, "
+               f"{table.device['threads']} threads): attention {table.parts['attention']['median_ms'][-1]:.3f} ms, "
+               f"mlp {table.parts['mlp']['median_ms'][-1]:.3f} ms at N={N}; predicted unpruned "
+               f"{table.predict_ms([N - table.model['num_prefix']] * table.model['depth'], [False] * table.model['depth']):.3f} ms -> {output}")
+
+
+@main.command()
+@model_options
+@click.option("--budget-ms", type=float, default=None, help="latency budget for the whole model (ms).")
+@click.option("--budget-flops", type=float, default=None, help="FLOPs budget as a fraction of the unpruned blocks' FLOPs (RCTP's 1 - C).")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, help="calibration file (default: cached or computed).")
+@click.option("--latency-table", type=click.Path(path_type=Path), default=None, help="latency table (default: cached or profiled).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="schedule (.json).")
+@_handle_errors
+def search(output, budget_ms, budget_flops, calibration, latency_table, **kw):
+    """Monotone Viterbi (RCTP eq. 7-8) over measured latency or FLOPs: writes a schedule."""
+    from ..search.planner import Planner
+
+    if (budget_ms is None) == (budget_flops is None):
+        raise click.UsageError("give exactly one of --budget-ms or --budget-flops")
+    ctx = Context(_options(kw), log=_log)
+    cal = ctx.calibration(calibration)
+    if budget_ms is not None:
+        planner = Planner(cal, "latency", ctx.latency_table(latency_table))
+        schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
+    else:
+        schedule = Planner(cal, "flops").solve(budget_flops)
+    schedule.save(output)
+    unit = "ms" if budget_ms is not None else "of FLOPs"
+    click.echo(f"schedule: predicted {schedule.predicted:.3f} {unit}, mean kept tokens per block "
+               f"{[round(k, 1) for k in schedule.predicted_kept]} -> {output}")
+
+
+@main.command("export")
+@model_options
+@click.option("--budget-ms", type=float, required=True, help="latency budget (ms, median on the device).")
+@click.option("--eval-data", default=None, help="labelled images (class sub-folders) for the accuracy report.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None)
+@click.option("--latency-table", type=click.Path(path_type=Path), default=None)
+@click.option("--max-rounds", type=click.IntRange(min=1, max=20), default=5, show_default=True, help="closed-loop rounds.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("vitedge-out"), show_default=True, help="output folder.")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON.")
+@_handle_errors
+def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rounds, as_json, **kw):
+    """The main job: calibrate, profile, search, export to ONNX, and measure it against the budget."""
+    from ..pipeline import run_export
+
+    if budget_ms <= 0:
+        raise ValueError(f"--budget-ms must be > 0, got {budget_ms}")
+    opts = _options(kw)
+    opts.eval_data = eval_data
+    ctx = Context(opts, log=_log)
+    report = run_export(ctx, budget_ms, output, calibration_path=calibration, table_path=latency_table,
+                        max_rounds=max_rounds, log=_log)
+    if as_json:
+        click.echo(json.dumps(report, indent=1, default=float))
+        return
+    m, u = report["measured_ms"], report["unpruned_ms"]
+    kept = [round(b["mean_kept_tokens"], 1) for b in report["schedule"]["blocks"]]
+    lines = [
+        f"model     {report['model']['name']} ({report['model']['num_tokens']} tokens, {report['model']['depth']} blocks)",
+        f"budget    {budget_ms:.3f} ms   measured {m['median']:.3f} ms median (p90 {m['p90']:.3f}, {m['runs']} runs)   "
+        f"unpruned {u['median']:.3f} ms   speed-up x{report['speedup']:.2f}   predicted {report['predicted_ms']:.3f} ms",
+        f"kept      mean patch tokens per block {kept}",
+        f"parity    max |logit diff| {report['parity']['max_abs_diff']:.1e}, top-1 agreement {report['parity']['top1_agreement']:.3f}",
+    ]
+    acc = report["accuracy"]
+    if acc.get("available"):
+        lines.append(f"accuracy  unpruned {100 * acc['unpruned']:.1f} %  pruned {100 * acc['pruned']:.1f} %  on {acc['count']} images ({acc['images']})")
+    else:
+        lines.append(f"accuracy  not reported: {acc.get('reason')}")
+    lines += [f"note      {n}" for n in report["notes"]]
+    lines.append(f"wrote     {output}/model.onnx, schedule.json, report.json ({report['seconds']:.0f} s)")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Shared setup of every command: the model, its images, its cached calibration and latency table."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import cache
+from .calibration import Calibration, CalibrationError, calibrate
+from .data.digits import ImageSet, digits_split
+from .data.images import image_set_hash, load_image_folder, resolve_images
+from .devices import Device, MeasureConfig, get_device
+from .models.loading import load_prunable, model_hash
+from .models.reference import REFERENCE_NAME
+from .profiling import model_shape, profile
+from .tables.latency import LatencyTable, LatencyTableError
+
+PROFILE_CONFIG = MeasureConfig(warmup=5, min_runs=20, min_time_s=0.05)
+MODEL_CONFIG = MeasureConfig(warmup=10, min_runs=50, min_time_s=0.5)
+
+
+@dataclass
+class Options:
+    """What a user chooses on the command line (defaults: reference model, digits, local CPU)."""
+
+    model: str | None = None
+    checkpoint: str | None = None
+    pretrained: bool = False
+    data: str | None = None
+    eval_data: str | None = None
+    calib_limit: int | None = None
+    device: str = "local"
+    runtime: str = "onnxruntime"
+    threads: int = 0
+    num_candidates: int = 201
+    importance: str = "fisher_block"
+    cache_dir: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+    profile_config: MeasureConfig = field(default_factory=lambda: PROFILE_CONFIG)
+    model_config: MeasureConfig = field(default_factory=lambda: MODEL_CONFIG)
+
+
+class Context:
+    """Lazily loads and caches what the commands share. Raises the loaders' typed errors."""
+
+    def __init__(self, opts: Options, log=print):
+        self.opts, self.log = opts, log
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.model = load_prunable(opts.model, checkpoint=opts.checkpoint, pretrained=opts.pretrained)
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                log(f"warning: {w.message}")
+        self.is_reference = opts.model in (None, REFERENCE_NAME)  # the digits architecture, any weights
+        self.model_hash = model_hash(self.model.vit)
+        self.shape = model_shape(self.model)
+        self._images: ImageSet | None = None
+        self._device: Device | None = None
+
+    # -- inputs -----------------------------------------------------------------------------------------
+    @property
+    def images(self) -> ImageSet:
+        """Calibration images: --data, else the digits calibration split (resized for other models)."""
+        if self._images is None:
+            self._images = resolve_images(self.opts.data, self.model.vit, input_size=self.model.input_size,
+                                          split="calib", limit=self.opts.calib_limit,
+                                          reference=self.opts.model in (None, REFERENCE_NAME))
+        return self._images
+
+    def eval_images(self) -> tuple[ImageSet | None, str]:
+        """Labelled evaluation images and where they come from, or (None, reason)."""
+        if self.opts.eval_data:
+            ims = load_image_folder(self.opts.eval_data, self.model.vit)
+            return (ims, ims.name) if ims.labels is not None else (None, "--eval-data has no class folders")
+        if self.opts.data is None and self.is_reference:
+            return digits_split("test"), "digits:test"
+        if self.images.labels is not None:
+            return self.images, f"{self.images.name} (the calibration images: optimistic)"
+        return None, "no labelled images (give --eval-data DIR with class sub-folders)"
+
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            o = self.opts
+            self._device = get_device(o.device, runtime=o.runtime, threads=o.threads, config=o.model_config)
+        return self._device
+
+    def cache_root(self) -> Path:
+        return cache.cache_dir(self.opts.cache_dir)
+
+    # -- artifacts ----------------------------------------------------------------------------------------
+    def calibration(self, path: str | Path | None = None) -> Calibration:
+        """Load ``path`` (checked against this model and images) or the cached one, else calibrate."""
+        img_hash = image_set_hash(self.images)
+        if path is not None:
+            return Calibration.load(path, expect_model_hash=self.model_hash, expect_image_set_hash=img_hash)
+        o = self.opts
+        cached = cache.calibration_path(self.cache_root(), model_hash=self.model_hash, image_set_hash=img_hash,
+                                        num_candidates=o.num_candidates, importance=o.importance)
+        if o.use_cache and cached.is_file():
+            try:
+                return Calibration.load(cached, expect_model_hash=self.model_hash, expect_image_set_hash=img_hash)
+            except CalibrationError as e:
+                self.log(f"cache: ignoring {cached.name} ({e})")
+        cal = calibrate(self.model, self.images, model_hash=self.model_hash, image_set_hash=img_hash,
+                        num_candidates=o.num_candidates, importance=o.importance, progress=o.progress)
+        cal.save(cached)
+        self.log(f"calibrated on {len(self.images)} images ({self.images.name}) -> {cached}")
+        return cal
+
+    def latency_table(self, path: str | Path | None = None) -> LatencyTable:
+        """Load ``path`` (checked against this model and device) or the cached one, else profile."""
+        dev = self.device
+        if path is not None:
+            table = LatencyTable.load(path)
+            table.check_model(self.shape, source=str(path))
+            table.check_device(dev.name, dev.runtime, dev.threads, source=str(path))
+            return table
+        cached = cache.table_path(self.cache_root(), arch_hash=self.shape["arch_hash"], device=dev.name,
+                                  runtime=dev.runtime, runtime_version=dev.runtime_version(), threads=dev.threads)
+        if self.opts.use_cache and cached.is_file():
+            try:
+                table = LatencyTable.load(cached)
+                table.check_model(self.shape, source=str(cached))
+                return table
+            except LatencyTableError as e:
+                self.log(f"cache: ignoring {cached.name} ({e})")
+        profile_dev = get_device(dev.name, runtime=dev.runtime, threads=dev.threads, config=self.opts.profile_config)
+        table = profile(self.model, profile_dev, model_name=self.model.model_name, progress=self.opts.progress)
+        table.save(cached)
+        self.log(f"profiled {table.meta['points']} points on {dev.name} in {table.meta['profile_seconds']:.1f} s -> {cached}")
+        if table.drift.get("detected"):
+            self.log(f"warning: latency drift during profiling (reference moved {100 * table.drift['max_rel_dev']:.0f} %): "
+                     "the machine is busy or throttling; re-profile with --no-cache when it is idle")
+        return table
+
+    def feeds(self, count: int = 32) -> list[dict]:
+        """Input dicts for whole-model timing: the first ``count`` calibration images, batch 1."""
+        ims = self.images.images[:count]
+        return [{"image": ims[i:i + 1]} for i in range(len(ims))]

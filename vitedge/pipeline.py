@@ -1,0 +1,182 @@
+"""The main job: calibrate -> profile -> search -> export -> measure on the device (closed loop).
+
+``run_export`` is what ``vitedge export --budget-ms B`` calls. Outputs go to a temporary folder and
+are moved into ``out`` only when everything succeeded (no partial files).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .context import Context
+from .evaluate import evaluate_pruned, predict_unpruned
+from .exporters.graphs import export_pruned, export_unpruned
+from .exporters.onnx import audit_ops, file_sha256
+from .exporters.validation import check_parity
+from .schedule import Schedule
+from .search.planner import Planner
+
+AIM = 0.95          # aim the measured median at this fraction of the budget
+ACCEPT_LOW = 0.90   # accept a measured median in [ACCEPT_LOW, 1.0] x budget at once
+
+
+class BudgetNotMetError(RuntimeError):
+    """After the bounded closed loop, the measured latency is still over the budget."""
+
+
+def _measurement_summary(m: dict) -> dict:
+    return {"median": m["median_ms"], "p90": m["p90_ms"], "mad": m["mad_ms"], "runs": m["runs"]}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+class ClosedLoop:
+    """Search -> real kept counts -> export -> measure, re-aiming the search budget each round.
+
+    The search budget ``target`` starts at the user's budget. Each round: (1) real per-block kept
+    counts of the pruned PyTorch model on the calibration images (pruning compounds across blocks,
+    which the per-block calibration counts ignore) re-predict the latency from the table and re-aim
+    ``target`` up to 3 times without exporting; (2) the model is exported and measured on the
+    device; the measured median re-aims ``target`` multiplicatively towards AIM x budget.
+    """
+
+    def __init__(self, ctx: Context, planner: Planner, workdir: Path, *, max_rounds: int = 5, log=print):
+        self.ctx, self.planner, self.workdir, self.max_rounds, self.log = ctx, planner, workdir, max_rounds, log
+        self.rounds: list[dict] = []
+
+    def _realised(self, schedule: Schedule, limit: int = 64) -> tuple[float, np.ndarray]:
+        ev = evaluate_pruned(self.ctx.model, self.ctx.images, schedule.thresholds, limit=limit)
+        selectors = np.array([t is not None for t in schedule.thresholds])
+        return float(self.planner.table.predict_ms(ev.kept, selectors).mean()), ev.kept
+
+    def run(self, budget: float) -> tuple[Schedule, Path, dict]:
+        target, best = budget, None
+        for r in range(self.max_rounds):
+            for _ in range(3):
+                schedule = self.planner.solve(target)
+                realised, kept = self._realised(schedule)
+                if abs(realised - AIM * budget) <= 0.03 * budget or schedule.keeps_everything:
+                    break
+                target *= AIM * budget / realised
+            path = self.workdir / f"round{r}.onnx"
+            export_pruned(self._with(schedule), path)
+            m = self.ctx.device.measure_model(path, self.ctx.feeds(), name=f"round{r}")
+            med = m["median_ms"]
+            self.rounds.append({"round": r, "search_budget_ms": target, "predicted_ms": schedule.predicted,
+                                "predicted_realised_ms": realised, "measured_ms": med,
+                                "mean_kept": [float(v) for v in kept.mean(axis=1)], "candidates": schedule.candidates})
+            self.log(f"  round {r}: search budget {target:.3f} ms -> predicted {realised:.3f} ms, measured {med:.3f} ms")
+            if med <= budget and (best is None or med > best[2]["median_ms"]):
+                best = (schedule, path, m)
+            if best is not None and best[2]["median_ms"] >= ACCEPT_LOW * budget:
+                break
+            target *= AIM * budget / med
+        if best is None:
+            raise BudgetNotMetError(f"measured {min(x['measured_ms'] for x in self.rounds):.3f} ms > budget {budget:.3f} ms "
+                                    f"after {len(self.rounds)} rounds: the device is slower than its table (re-profile with --no-cache) "
+                                    "or the budget is too tight")
+        return best
+
+    def _with(self, schedule: Schedule):
+        self.ctx.model.set_thresholds(schedule.thresholds)
+        return self.ctx.model
+
+
+def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_path=None, table_path=None,
+               max_rounds: int = 5, log=print) -> dict:
+    """Run the main job and write ``out/model.onnx``, ``out/schedule.json``, ``out/report.json``.
+
+    Args:
+        ctx: the loaded model, images and device.
+        budget_ms: latency budget (ms, median on the device over calibration images).
+        out: output folder (created; files replaced only when the job succeeded).
+
+    Returns:
+        The report dict (also written to ``report.json``).
+
+    Raises:
+        ValueError: budget <= 0; BudgetUnreachableError: below the smallest reachable latency;
+        BudgetNotMetError: still over budget after ``max_rounds``; plus the loaders' errors.
+    """
+    if not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0):
+        raise ValueError(f"--budget-ms must be a positive number of milliseconds, got {budget_ms}")
+    t0 = time.time()
+    out = Path(out)
+    model = ctx.model
+    cal = ctx.calibration(calibration_path)
+    table = ctx.latency_table(table_path)
+    planner = Planner(cal, "latency", table)
+    notes: list[str] = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vitedge-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        export_unpruned(model, work / "unpruned.onnx")
+        unpruned = ctx.device.measure_model(work / "unpruned.onnx", ctx.feeds(), name="unpruned")
+        log(f"unpruned: {unpruned['median_ms']:.3f} ms median on {ctx.device.name} ({ctx.device.runtime}, {ctx.device.threads} threads)")
+        loop = ClosedLoop(ctx, planner, work, max_rounds=max_rounds, log=log)
+        if budget_ms >= unpruned["median_ms"]:
+            schedule = planner.keep_all(budget_ms)
+            notes.append(f"budget {budget_ms:.3f} ms is at or above the unpruned latency {unpruned['median_ms']:.3f} ms: every token is kept")
+            log(notes[-1])
+            model.set_thresholds(schedule.thresholds)
+            path = work / "keep_all.onnx"
+            export_pruned(model, path)
+            measured = ctx.device.measure_model(path, ctx.feeds(), name="keep_all")
+        else:
+            schedule, path, measured = loop.run(budget_ms)
+        model.set_thresholds(schedule.thresholds)
+        import onnx
+
+        op_types = audit_ops(onnx.load(str(path)))
+        parity = check_parity(model, path, ctx.images, limit=64)
+        calib_eval = evaluate_pruned(model, ctx.images, schedule.thresholds)
+        accuracy = _accuracy(ctx, schedule)
+        selectors = np.array([t is not None for t in schedule.thresholds])
+        predicted = float(table.predict_ms(calib_eval.kept, selectors).mean())
+        blocks = [{"block": l, "candidate": schedule.candidates[l], "threshold": schedule.thresholds[l],
+                   "mean_kept_tokens": float(calib_eval.kept[l].mean()),
+                   "calibration_predicted_kept": schedule.predicted_kept[l]} for l in range(model.depth)]
+        report = {
+            "budget_ms": budget_ms, "budget_met": measured["median_ms"] <= budget_ms,
+            "predicted_ms": predicted, "search_predicted_ms": schedule.predicted,
+            "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
+            "speedup": unpruned["median_ms"] / measured["median_ms"],
+            "schedule": {"mode": schedule.mode, "blocks": blocks, "fisher_loss": schedule.fisher_loss},
+            "op_types": op_types, "parity": parity.to_dict(), "accuracy": accuracy, "rounds": loop.rounds,
+            "model": {"name": model.model_name, "hash": ctx.model_hash, **ctx.shape, "has_weights": model.has_weights},
+            "device": {**table.device, "measure_protocol": ctx.device.describe()["config"]},
+            "images": {"calibration": ctx.images.name, "count": len(ctx.images), "measured_on": len(ctx.feeds())},
+            "artifacts": {"model.onnx": file_sha256(path), "calibration_model_hash": cal.meta["model_hash"],
+                          "calibration_image_set_hash": cal.meta["image_set_hash"],
+                          "latency_table_created": table.meta.get("created")},
+            "notes": notes, "seconds": round(time.time() - t0, 1),
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        schedule.save(work / "schedule.json")
+        _write_json(work / "report.json", report)
+        for name, src in (("model.onnx", path), ("schedule.json", work / "schedule.json"), ("report.json", work / "report.json")):
+            shutil.move(str(src), str(out / f".{name}.part"))
+            os.replace(out / f".{name}.part", out / name)
+    return report
+
+
+def _accuracy(ctx: Context, schedule: Schedule) -> dict | None:
+    images, source = ctx.eval_images()
+    if images is None or not ctx.model.has_weights:
+        return {"available": False, "reason": source if images is None else "random weights"}
+    ref = predict_unpruned(ctx.model, images)
+    ev = evaluate_pruned(ctx.model, images, schedule.thresholds, reference_top1=ref)
+    return {"available": True, "images": source, "count": len(images),
+            "unpruned": float((ref == images.labels).mean()), "pruned": ev.accuracy,
+            "top1_agreement_with_unpruned": ev.agreement}
