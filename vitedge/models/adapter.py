@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from .pruning import cls_attention_scores, gather_tokens, threshold_keep_indices
+from .pruning import capacity_select, cls_attention_scores, gather_tokens, threshold_keep_indices
 
 
 class UnsupportedModelError(ValueError):
@@ -81,6 +81,10 @@ class PrunableBlock(Block):
         """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C)."""
         return gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix))
 
+    def select_capacity(self, x: torch.Tensor, scores: torch.Tensor, capacity: int) -> torch.Tensor:
+        """Capacity selector (static shapes, any batch): (B, N, C), (B, N - p) -> (B, p + K, C)."""
+        return capacity_select(x, scores, capacity, self.num_prefix)
+
 
 @dataclass
 class ForwardOutput:
@@ -137,6 +141,7 @@ class PrunableViT(nn.Module):
             blk.attn.__class__ = PrunableAttention
             blk.num_prefix = self.num_prefix
         self.thresholds: list[float | None] = [None] * len(vit.blocks)
+        self.capacities: list[int | None] = [None] * len(vit.blocks)
 
     # -- shape facts used by tables, calibration and export ------------------------------------------
     @property
@@ -186,6 +191,21 @@ class PrunableViT(nn.Module):
             else:
                 raise ValueError(f"threshold {t!r} is not a number")
         self.thresholds = out
+        self.capacities = [None] * self.depth
+
+    def set_capacities(self, capacities) -> None:
+        """Set K_l per block (patch tokens kept by the capacity selector); ``None`` = no selector.
+
+        Clears the thresholds. Raises ValueError on a wrong length or K outside 0..P.
+        """
+        values = list(capacities)
+        if len(values) != self.depth:
+            raise ValueError(f"expected {self.depth} capacities (one per block), got {len(values)}")
+        for k in values:
+            if k is not None and not (isinstance(k, int) and 0 <= k <= self.num_patches):
+                raise ValueError(f"capacity {k!r} outside 0..{self.num_patches} patch tokens")
+        self.thresholds = [None] * self.depth
+        self.capacities = values
 
     # -- forward ---------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,14 +230,16 @@ class PrunableViT(nn.Module):
         tokens = self.embed(x)
         out = ForwardOutput(logits=tokens)
         for i, blk in enumerate(self.vit.blocks):
-            theta = self.thresholds[i]
+            theta, cap = self.thresholds[i], self.capacities[i]
             mask = fisher_masks[i] if fisher_masks is not None else None
-            if theta is None and mask is None and not want_scores:
+            if theta is None and cap is None and mask is None and not want_scores:
                 tokens, scores = Block.forward(blk, tokens), None
             else:
                 tokens, scores = blk.attention_part(tokens, mask)
                 if theta is not None:
                     tokens = blk.select(tokens, scores, theta)
+                elif cap is not None:
+                    tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix))
                 tokens = blk.mlp_part(tokens)
             out.scores.append(scores)
             out.kept.append(torch._shape_as_tensor(tokens)[1] - self.num_prefix)

@@ -49,3 +49,53 @@ def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Keep the tokens at ``index``: (B, N, C), (K,) -> (B, K, C). Exported as a single Gather."""
     return x.index_select(1, index)
+
+
+def rank_by_counting(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of each patch token without any sort: rank_j = #{i : s_i > s_j} + #{i < j : s_i = s_j}.
+
+    Ties are broken by token index, so ranks are a permutation of 0..P-1.
+
+    Args:
+        scores: (B, P) scores.
+
+    Returns:
+        (B, P) int64 ranks (0 = highest score). O(P^2) compares; exported as Greater/Equal/ReduceSum.
+    """
+    P = scores.shape[-1]
+    s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)  # [b, i, j]: does token i beat token j?
+    earlier = torch.ones(P, P, dtype=torch.bool, device=scores.device).triu(1)
+    beats = (s_i > s_j) | ((s_i == s_j) & earlier)
+    return beats.sum(dim=-2)
+
+
+def capacity_gather_matrix(scores: torch.Tensor, capacity: int) -> torch.Tensor:
+    """One-hot gather matrix that keeps the ``capacity`` best patch tokens in token order.
+
+    keep_j = rank_j < K; the kept tokens' output slots are CumSum(keep) - 1; G[b, k, j] = 1 when
+    kept token j goes to slot k. Static shapes, MatMul-only gather (no TopK, no scatter).
+
+    Args:
+        scores: (B, P) scores.
+        capacity: K, 0 <= K <= P.
+
+    Returns:
+        (B, K, P) float matrix, each row one-hot.
+
+    Raises:
+        ValueError: K outside [0, P].
+    """
+    P = scores.shape[-1]
+    if not 0 <= capacity <= P:
+        raise ValueError(f"capacity {capacity} outside 0..{P} patch tokens: pick a capacity within the token count")
+    keep = rank_by_counting(scores) < capacity                      # (B, P)
+    slot = torch.cumsum(keep.to(torch.int64), dim=-1) - 1           # (B, P)
+    slots = torch.ones(capacity, dtype=torch.int64, device=scores.device).cumsum(0) - 1  # 0..K-1, a constant
+    hit = (slot.unsqueeze(-2) == slots.view(1, -1, 1)) & keep.unsqueeze(-2)             # (B, K, P)
+    return hit.to(scores.dtype)
+
+
+def capacity_select(x: torch.Tensor, scores: torch.Tensor, capacity: int, num_prefix: int) -> torch.Tensor:
+    """Keep the prefix tokens and the ``capacity`` best patch tokens: (B, N, C) -> (B, p + K, C)."""
+    gather = capacity_gather_matrix(scores, capacity)
+    return torch.cat([x[:, :num_prefix], gather @ x[:, num_prefix:]], dim=1)
