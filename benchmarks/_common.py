@@ -1,0 +1,68 @@
+"""Shared by the benchmark scripts: environment, interleaved A/B timing, atomic JSON/markdown/plot output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict:
+    import onnxruntime
+    import timm
+    import torch
+
+    from vitedge.devices.runner import environment as device_env
+
+    env = device_env("onnxruntime", os.cpu_count() or 1, onnxruntime.__version__)
+    env.update({"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+                "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return env
+
+
+def write_results(name: str, data: dict, table_md: str, out_dir: Path = RESULTS) -> None:
+    """Write ``name.json`` and ``name.md`` atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(data, indent=1, default=float)), (".md", table_md)):
+        path = out_dir / f"{name}{suffix}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def save_plot(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def interleaved_ab(session_a, session_b, feeds: list, cfg, rounds: int = 15) -> dict:
+    """Time A and B alternately (A B A B ...) so machine drift cancels; returns medians and the
+    median of the per-round ratios B/A (with the 10th-90th percentile of those ratios)."""
+    from vitedge.devices.runner import measure_feeds
+
+    a_med, b_med = [], []
+    for _ in range(rounds):
+        a_med.append(measure_feeds(session_a, feeds, cfg).median_ms)
+        b_med.append(measure_feeds(session_b, feeds, cfg).median_ms)
+    ratios = np.array(b_med) / np.array(a_med)
+    return {"a_median_ms": float(np.median(a_med)), "b_median_ms": float(np.median(b_med)),
+            "ratio_median": float(np.median(ratios)), "ratio_p10": float(np.percentile(ratios, 10)),
+            "ratio_p90": float(np.percentile(ratios, 90)), "rounds": rounds,
+            "a_round_medians_ms": a_med, "b_round_medians_ms": b_med}
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

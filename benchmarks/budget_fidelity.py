@@ -1,0 +1,167 @@
+"""Budget fidelity, latency-table fidelity and accuracy vs. constant Top-K, on the local device.
+
+    python benchmarks/budget_fidelity.py                                   # reference + vit_small_patch16_224
+    python benchmarks/budget_fidelity.py --models vitedge-digits-vit --budgets 3 --quick   # smoke
+
+For each model: measure the unpruned ONNX export, then run the main job (``run_export``) at budgets
+from --lo to --hi of the unpruned median, and record measured median / budget (target [0.90, 1.00])
+and the latency table's prediction (sum of parts, real kept counts) vs the measured median (target
++-5 %). For the reference model also: accuracy on the digits test split, next to constant Top-K
+(RCTP's baseline: r fewer tokens per block, sort-free capacity export) at the same measured latency
+(linear interpolation on the Top-K latency/accuracy curve measured in this run).
+Writes benchmarks/results/budget_fidelity.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import RESULTS, environment, md_table, save_plot, write_results
+from vitedge.context import Context, MeasureConfig, Options
+from vitedge.data.digits import digits_split
+from vitedge.exporters.graphs import export_pruned, export_unpruned
+from vitedge.models.reference import REFERENCE_NAME
+from vitedge.pipeline import BudgetNotMetError, run_export
+from vitedge.search import BudgetUnreachableError
+
+
+def constant_top_k(ctx: Context, work: Path, max_r: int) -> list[dict]:
+    """RCTP's constant Top-K: block l keeps P - r (l + 1) patch tokens; capacity (sort-free) export."""
+    model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
+    test = digits_split("test")
+    rows = []
+    for r in range(0, max_r + 1):
+        caps = [max(P - r * (l + 1), 1) for l in range(L)]
+        model.set_capacities([None if k == P else k for k in caps])
+        path = work / f"topk_r{r}.onnx"
+        export_pruned(model, path)
+        m = ctx.device.measure_model(path, ctx.feeds(), name=f"topk_r{r}")
+        with torch.no_grad():
+            pred = np.concatenate([model(torch.from_numpy(test.images[s:s + 100])).argmax(-1).numpy()
+                                   for s in range(0, len(test), 100)])
+        rows.append({"r": r, "capacities": caps, "measured_ms": m["median_ms"], "p90_ms": m["p90_ms"],
+                     "accuracy": float((pred == test.labels).mean())})
+    model.set_thresholds([None] * L)
+    return rows
+
+
+def top_k_at(rows: list[dict], latency: float) -> float | None:
+    """Top-K accuracy at ``latency`` by linear interpolation (None outside the measured range)."""
+    pts = sorted((r["measured_ms"], r["accuracy"]) for r in rows)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    if latency < xs[0] or latency > xs[-1]:
+        return None
+    return float(np.interp(latency, xs, ys))
+
+
+def run_model(name: str, args, work: Path) -> dict:
+    opts = Options(model=name, progress=False, cache_dir=str(work / "cache"),
+                   calib_limit=args.calib_limit if name != REFERENCE_NAME else None)
+    if args.quick:
+        opts.profile_config = MeasureConfig(warmup=2, min_runs=5, min_time_s=0.0)
+        opts.model_config = MeasureConfig(warmup=3, min_runs=10, min_time_s=0.05)
+    ctx = Context(opts, log=lambda m: print(f"[{name}] {m}", flush=True))
+    ctx.calibration()
+    table = ctx.latency_table()
+    export_unpruned(ctx.model, work / f"{name}-unpruned.onnx")
+    unpruned = ctx.device.measure_model(work / f"{name}-unpruned.onnx", ctx.feeds())["median_ms"]
+    print(f"[{name}] unpruned {unpruned:.3f} ms", flush=True)
+    runs = []
+    for frac in np.linspace(args.lo, args.hi, args.budgets):
+        budget = float(frac * unpruned)
+        row = {"fraction": float(frac), "budget_ms": budget}
+        try:
+            rep = run_export(ctx, budget, work / f"{name}-{frac:.3f}", log=lambda m: None)
+            row.update(measured_ms=rep["measured_ms"]["median"], p90_ms=rep["measured_ms"]["p90"],
+                       ratio=rep["measured_ms"]["median"] / budget, predicted_ms=rep["predicted_ms"],
+                       prediction_error=rep["predicted_ms"] / rep["measured_ms"]["median"] - 1,
+                       rounds=len(rep["rounds"]), mean_kept=[b["mean_kept_tokens"] for b in rep["schedule"]["blocks"]],
+                       accuracy=rep["accuracy"].get("pruned"), unpruned_accuracy=rep["accuracy"].get("unpruned"),
+                       parity_max_abs_diff=rep["parity"]["max_abs_diff"], kept_all=bool(rep["notes"]))
+        except (BudgetUnreachableError, BudgetNotMetError) as e:
+            row.update(error=str(e))
+        print(f"[{name}] {row.get('budget_ms'):.3f} ms -> {row.get('measured_ms', float('nan')):.3f} ms "
+              f"(ratio {row.get('ratio', float('nan')):.3f}) {row.get('error', '')}", flush=True)
+        runs.append(row)
+    result = {"model": name, "unpruned_ms": unpruned, "table_profile_seconds": table.meta.get("profile_seconds"),
+              "table_drift": table.drift, "runs": runs}
+    if name == REFERENCE_NAME:
+        result["top_k"] = constant_top_k(ctx, work, max_r=args.max_r)
+        for row in runs:
+            if "measured_ms" in row:
+                row["top_k_accuracy_at_same_latency"] = top_k_at(result["top_k"], row["measured_ms"])
+    return result
+
+
+def report(results: list[dict]) -> str:
+    md = ["# Budget fidelity (local CPU, ONNX Runtime)\n",
+          "measured = median latency of the exported model on the calibration images; "
+          "predicted = latency table (sum of parts) with the real kept counts. Target: ratio in [0.90, 1.00], error within ±5 %.\n"]
+    for res in results:
+        md.append(f"\n## {res['model']} (unpruned {res['unpruned_ms']:.3f} ms)\n")
+        rows = []
+        for r in res["runs"]:
+            if "error" in r:
+                rows.append([f"{r['fraction']:.2f}", r["budget_ms"], "-", "-", "-", "-", "-", "-", r["error"][:60]])
+                continue
+            acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
+            tk = r.get("top_k_accuracy_at_same_latency")
+            rows.append([f"{r['fraction']:.2f}", r["budget_ms"], r["measured_ms"], r["ratio"], r["predicted_ms"],
+                         f"{100 * r['prediction_error']:+.1f} %", r["rounds"], acc, "-" if tk is None else f"{100 * tk:.1f}"])
+        md.append(md_table(["budget / unpruned", "budget ms", "measured ms", "measured / budget", "predicted ms",
+                            "prediction error", "rounds", "top-1 %", "const. Top-K top-1 % at same latency"], rows))
+        if "top_k" in res:
+            md.append("\nConstant Top-K (r fewer patch tokens per block, capacity export):\n")
+            md.append(md_table(["r", "measured ms", "top-1 %"],
+                               [[t["r"], t["measured_ms"], f"{100 * t['accuracy']:.1f}"] for t in res["top_k"]]))
+    return "".join(md)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for res in results:
+        ok = [r for r in res["runs"] if "ratio" in r]
+        axes[0].plot([r["fraction"] for r in ok], [r["ratio"] for r in ok], "o-", label=res["model"])
+        if "top_k" in res:
+            axes[1].plot([r["measured_ms"] for r in ok if r.get("accuracy") is not None],
+                         [100 * r["accuracy"] for r in ok if r.get("accuracy") is not None], "o-", label="vitedge (latency Viterbi, threshold)")
+            tk = sorted(res["top_k"], key=lambda t: t["measured_ms"])
+            axes[1].plot([t["measured_ms"] for t in tk], [100 * t["accuracy"] for t in tk], "s--", label="constant Top-K (capacity)")
+    axes[0].axhspan(0.9, 1.0, color="green", alpha=0.1, label="target")
+    axes[0].set(xlabel="budget / unpruned latency", ylabel="measured median / budget", title="Budget fidelity")
+    axes[1].set(xlabel="measured median latency (ms)", ylabel="top-1 % (digits test)", title="Reference model accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_plot(fig, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=[REFERENCE_NAME, "vit_small_patch16_224"])
+    p.add_argument("--budgets", type=int, default=8)
+    p.add_argument("--lo", type=float, default=0.45)
+    p.add_argument("--hi", type=float, default=1.0)
+    p.add_argument("--max-r", type=int, default=10, help="largest r of the constant Top-K sweep")
+    p.add_argument("--calib-limit", type=int, default=64, help="calibration images for non-reference models")
+    p.add_argument("--quick", action="store_true", help="short measurements (smoke test)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run_model(name, args, Path(tmp)) for name in args.models]
+    data = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
+    write_results("budget_fidelity", data, report(results), args.out)
+    plot(results, args.out / "budget_fidelity.png")
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
