@@ -2,6 +2,8 @@
 one versioned file (:mod:`.store`)."""
 from __future__ import annotations
 
+import numpy as np
+
 from .store import Calibration, CalibrationError, build_calibration
 
 
@@ -25,8 +27,12 @@ def calibrate(model, images, *, model_hash: str, image_set_hash: str, num_candid
     meta = {"model": getattr(model, "model_name", type(model.vit).__name__), "model_hash": model_hash,
             "image_set": images.name, "image_set_hash": image_set_hash, "label_source": s1.label_source,
             "unpruned_top1_agreement_with_labels": float((s1.model_top1 == s1.labels).mean())}
-    return build_calibration(s1.scores, s1.fisher, s1.labels, dim=model.dim, num_prefix=model.num_prefix,
-                             meta=meta, num_candidates=num_candidates, importance=importance)
+    cal = build_calibration(s1.scores, s1.fisher, s1.labels, dim=model.dim, num_prefix=model.num_prefix,
+                            meta=meta, num_candidates=num_candidates, importance=importance)
+    if model.min_patch_tokens:  # the selector keeps the best patch token for heads that pool patch tokens
+        cal.kept = np.maximum(cal.kept, model.min_patch_tokens).astype(cal.kept.dtype)
+        cal.meta["min_patch_tokens"] = model.min_patch_tokens
+    return cal
 
 
 __all__ = ["Calibration", "CalibrationError", "build_calibration", "calibrate"]

@@ -12,6 +12,7 @@ tokens whose CLS-attention score is below the block's threshold θ_l are dropped
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,7 @@ class PrunableBlock(Block):
     """
 
     num_prefix: int = 1
+    min_keep: int = 0  # patch tokens a selector always keeps (1 when the head pools patch tokens)
 
     def attention_part(self, x: torch.Tensor, fisher_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """MSA with residual: (B, N, C) -> (B, N, C), plus (B, N - p) CLS scores.
@@ -79,7 +81,7 @@ class PrunableBlock(Block):
 
     def select(self, x: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
         """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C)."""
-        return gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix))
+        return gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix, keep_best=bool(self.min_keep)))
 
     def select_capacity(self, x: torch.Tensor, scores: torch.Tensor, capacity: int) -> torch.Tensor:
         """Capacity selector (static shapes, any batch): (B, N, C), (B, N - p) -> (B, p + K, C)."""
@@ -140,6 +142,11 @@ class PrunableViT(nn.Module):
             blk.__class__ = PrunableBlock
             blk.attn.__class__ = PrunableAttention
             blk.num_prefix = self.num_prefix
+        # a head that pools patch tokens (avg, attention pool) needs at least one of them
+        token_head = vit.global_pool == "token" and getattr(vit, "attn_pool", None) is None
+        self.min_patch_tokens = 0 if token_head else 1
+        for blk in vit.blocks:
+            blk.min_keep = self.min_patch_tokens
         self.thresholds: list[float | None] = [None] * len(vit.blocks)
         self.capacities: list[int | None] = [None] * len(vit.blocks)
 
@@ -184,10 +191,12 @@ class PrunableViT(nn.Module):
             raise ValueError(f"expected {self.depth} thresholds (one per block), got {len(values)}")
         out = []
         for t in values:
-            if t is None or (isinstance(t, float) and math.isinf(t) and t < 0):
+            if isinstance(t, torch.Tensor) and t.numel() == 1:
+                t = t.item()
+            if t is None:
                 out.append(None)
-            elif isinstance(t, (int, float)) and not math.isnan(t):
-                out.append(float(t))
+            elif isinstance(t, numbers.Real) and not isinstance(t, bool) and not math.isnan(t):
+                out.append(None if math.isinf(t) and t < 0 else float(t))
             else:
                 raise ValueError(f"threshold {t!r} is not a number")
         self.thresholds = out
@@ -201,11 +210,16 @@ class PrunableViT(nn.Module):
         values = list(capacities)
         if len(values) != self.depth:
             raise ValueError(f"expected {self.depth} capacities (one per block), got {len(values)}")
+        out = []
         for k in values:
-            if k is not None and not (isinstance(k, int) and 0 <= k <= self.num_patches):
-                raise ValueError(f"capacity {k!r} outside 0..{self.num_patches} patch tokens")
+            if k is None:
+                out.append(None)
+            elif isinstance(k, numbers.Integral) and not isinstance(k, bool) and self.min_patch_tokens <= k <= self.num_patches:
+                out.append(int(k))
+            else:
+                raise ValueError(f"capacity {k!r} outside {self.min_patch_tokens}..{self.num_patches} patch tokens")
         self.thresholds = [None] * self.depth
-        self.capacities = values
+        self.capacities = out
 
     # -- forward ---------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +253,7 @@ class PrunableViT(nn.Module):
                 if theta is not None:
                     tokens = blk.select(tokens, scores, theta)
                 elif cap is not None:
-                    tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix))
+                    tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix))  # never more than present
                 tokens = blk.mlp_part(tokens)
             out.scores.append(scores)
             out.kept.append(torch._shape_as_tensor(tokens)[1] - self.num_prefix)

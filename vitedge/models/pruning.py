@@ -21,7 +21,8 @@ def cls_attention_scores(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
     return attn[:, :, 0, num_prefix:].mean(dim=1)
 
 
-def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor, num_prefix: int) -> torch.Tensor:
+def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor, num_prefix: int,
+                           keep_best: bool = False) -> torch.Tensor:
     """Indices (into all N tokens) of the tokens kept by ``score >= threshold``; prefix tokens always kept.
 
     Exported as GreaterOrEqual + Concat + NonZero: no TopK, no sort. Batch 1 only, because the
@@ -31,6 +32,8 @@ def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor
         scores: (1, P) CLS-attention scores of the patch tokens.
         threshold: scalar threshold θ_l of the block (RCTP's LTP-style threshold pruning).
         num_prefix: p.
+        keep_best: also keep the best-scoring patch token when every score is below the threshold
+            (θ is lowered to max(scores); ReduceMax, still sort-free). For heads that pool patch tokens.
 
     Returns:
         (p + K,) int64 indices in increasing order (token order is preserved).
@@ -40,6 +43,8 @@ def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor
     """
     if scores.shape[0] != 1:
         raise ValueError(f"threshold pruning runs at batch 1 (kept-token counts differ per image); got batch {scores.shape[0]}")
+    if keep_best and scores.shape[-1] > 0:
+        threshold = torch.minimum(torch.as_tensor(threshold, dtype=scores.dtype), scores[0].max())
     keep = scores[0] >= threshold
     # the prefix mask is built with a concat of ones, not a symbolic arange (export-friendly)
     keep = torch.cat([torch.ones(num_prefix, dtype=torch.bool, device=scores.device), keep])

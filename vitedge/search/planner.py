@@ -10,7 +10,9 @@ import numpy as np
 from ..calibration.tables import block_flops
 from ..schedule import Schedule
 from ..tables.latency import LatencyTable
-from .viterbi import BudgetUnreachableError, MonotoneViterbi, flops_cost_table
+import math
+
+from .viterbi import BudgetUnreachableError, MonotoneViterbi, _fmt_up, flops_cost_table
 
 COST_MODELS = ("latency", "flops")
 
@@ -96,18 +98,20 @@ class Planner:
         absolute = budget if self.unit == "ms" else budget * self.full
         variable = absolute - self.base
         try:
-            if variable <= 0:
-                raise BudgetUnreachableError("", self.viterbi.min_cost)
-            sol = self.viterbi.solve(variable)
+            sol = self.viterbi.solve(max(variable, 1e-300))  # <= 0 left for the base: Viterbi names its minimum
         except BudgetUnreachableError as e:
             reach = self.base + e.min_budget
+            if self.unit == "flops":
+                reach /= self.full
+            # the smallest budget this method accepts (float rounding of base + variable part)
+            while (reach if self.unit == "ms" else reach * self.full) - self.base < e.min_budget:
+                reach = math.nextafter(reach, math.inf)
             if self.unit == "ms":
-                msg = (f"budget {budget:.2f} ms is below the smallest reachable {reach:.2f} ms on this device: "
-                       f"raise --budget-ms to at least {reach:.2f}")
+                msg = (f"budget {budget:.3f} ms is below the smallest reachable {_fmt_up(reach)} ms on this device: "
+                       f"raise --budget-ms to at least {_fmt_up(reach)}")
             else:
-                frac = reach / self.full
-                msg = f"budget {budget:.3f} of the FLOPs is below the smallest reachable {frac:.3f}: raise --budget-flops to at least {frac:.3f}"
-                reach = frac
+                msg = (f"budget {budget:.3f} of the FLOPs is below the smallest reachable {_fmt_up(reach)}: "
+                       f"raise --budget-flops to at least {_fmt_up(reach)}")
             raise BudgetUnreachableError(msg, reach) from None
         total = self.base + sol.cost
         return self._schedule(sol.indices, budget, total if self.unit == "ms" else total / self.full, sol.loss)
