@@ -22,5 +22,8 @@ def calibration_path(root: Path, *, model_hash: str, image_set_hash: str, num_ca
     return root / f"calib-{model_hash}-{image_set_hash}-M{num_candidates}-{_safe(importance)}.npz"
 
 
-def table_path(root: Path, *, arch_hash: str, device: str, runtime: str, runtime_version: str, threads: int) -> Path:
-    return root / f"table-{arch_hash}-{_safe(device)}-{_safe(runtime)}-{_safe(runtime_version)}-t{threads}.json"
+def table_path(root: Path, *, arch_hash: str, device: str, runtime: str, runtime_version: str, threads: int,
+               protocol: str = "") -> Path:
+    """``protocol``: a short tag of the measurement settings (a quick table never stands in for a full one)."""
+    tag = f"-{_safe(protocol)}" if protocol else ""
+    return root / f"table-{arch_hash}-{_safe(device)}-{_safe(runtime)}-{_safe(runtime_version)}-t{threads}{tag}.json"

@@ -43,6 +43,10 @@ class Options:
     model_config: MeasureConfig = field(default_factory=lambda: MODEL_CONFIG)
 
 
+def _protocol_tag(cfg: MeasureConfig) -> str:
+    return f"w{cfg.warmup}r{cfg.min_runs}s{cfg.min_time_s:g}"
+
+
 class Context:
     """Lazily loads and caches what the commands share. Raises the loaders' typed errors."""
 
@@ -120,7 +124,8 @@ class Context:
             table.check_device(dev.name, dev.runtime, dev.threads, source=str(path))
             return table
         cached = cache.table_path(self.cache_root(), arch_hash=self.shape["arch_hash"], device=dev.name,
-                                  runtime=dev.runtime, runtime_version=dev.runtime_version(), threads=dev.threads)
+                                  runtime=dev.runtime, runtime_version=dev.runtime_version(), threads=dev.threads,
+                                  protocol=_protocol_tag(self.opts.profile_config))
         if self.opts.use_cache and cached.is_file():
             try:
                 table = LatencyTable.load(cached)

@@ -21,10 +21,12 @@ from .exporters.graphs import export_pruned, export_unpruned
 from .exporters.onnx import audit_ops, file_sha256
 from .exporters.validation import check_parity
 from .schedule import Schedule
+from .search import BudgetUnreachableError
 from .search.planner import Planner
 
 AIM = 0.95          # aim the measured median at this fraction of the budget
 ACCEPT_LOW = 0.90   # accept a measured median in [ACCEPT_LOW, 1.0] x budget at once
+MAX_STEP = 1.25     # one round re-aims the search budget by at most this factor (robust to a noisy round)
 
 
 class BudgetNotMetError(RuntimeError):
@@ -60,15 +62,28 @@ class ClosedLoop:
         selectors = np.array([t is not None for t in schedule.thresholds])
         return float(self.planner.table.predict_ms(ev.kept, selectors).mean()), ev.kept
 
+    def _solve(self, target: float) -> tuple[Schedule, float]:
+        """Solve, falling back to the smallest reachable search budget (only the first call may fail)."""
+        try:
+            return self.planner.solve(target), target
+        except BudgetUnreachableError as e:
+            if not self.rounds:
+                raise
+            return self.planner.solve(e.min_budget), e.min_budget
+
+    @staticmethod
+    def _step(goal: float, value: float) -> float:
+        return min(max(goal / value, 1 / MAX_STEP), MAX_STEP)
+
     def run(self, budget: float) -> tuple[Schedule, Path, dict]:
         target, best = budget, None
         for r in range(self.max_rounds):
             for _ in range(3):
-                schedule = self.planner.solve(target)
+                schedule, target = self._solve(target)
                 realised, kept = self._realised(schedule)
                 if abs(realised - AIM * budget) <= 0.03 * budget or schedule.keeps_everything:
                     break
-                target *= AIM * budget / realised
+                target *= self._step(AIM * budget, realised)
             path = self.workdir / f"round{r}.onnx"
             export_pruned(self._with(schedule), path)
             m = self.ctx.device.measure_model(path, self.ctx.feeds(), name=f"round{r}")
@@ -81,7 +96,7 @@ class ClosedLoop:
                 best = (schedule, path, m)
             if best is not None and best[2]["median_ms"] >= ACCEPT_LOW * budget:
                 break
-            target *= AIM * budget / med
+            target *= self._step(AIM * budget, med)
         if best is None:
             raise BudgetNotMetError(f"measured {min(x['measured_ms'] for x in self.rounds):.3f} ms > budget {budget:.3f} ms "
                                     f"after {len(self.rounds)} rounds: the device is slower than its table (re-profile with --no-cache) "
@@ -117,6 +132,8 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
     cal = ctx.calibration(calibration_path)
     table = ctx.latency_table(table_path)
     planner = Planner(cal, "latency", table)
+    if budget_ms < planner.min_budget:
+        planner.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
     notes: list[str] = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".vitedge-", dir=out.parent) as tmp:

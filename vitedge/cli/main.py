@@ -58,6 +58,9 @@ def model_options(fn):
         click.option("--cache-dir", default=None, help="artifact cache (default $VITEDGE_CACHE or ~/.cache/vitedge)."),
         click.option("--no-cache", is_flag=True, help="recompute calibration and latency table."),
         click.option("--quiet", is_flag=True, help="no progress bars."),
+        click.option("--warmup", type=click.IntRange(min=0), default=None, help="untimed runs before timing (default: 5 per profile point, 10 per model)."),
+        click.option("--runs", type=click.IntRange(min=1), default=None, help="at least this many timed runs (default: 20 per point, 50 per model)."),
+        click.option("--min-time", type=click.FloatRange(min=0), default=None, help="and at least this many timed seconds (default: 0.05 per point, 0.5 per model)."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -65,9 +68,16 @@ def model_options(fn):
 
 
 def _options(kw: dict, **extra) -> Options:
-    return Options(model=kw["model"], checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], data=kw["data"],
+    from dataclasses import replace
+
+    opts = Options(model=kw["model"], checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], data=kw["data"],
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"], **extra)
+    knobs = {k: v for k, v in (("warmup", kw["warmup"]), ("min_runs", kw["runs"]), ("min_time_s", kw["min_time"])) if v is not None}
+    if knobs:
+        opts.profile_config = replace(opts.profile_config, **knobs)
+        opts.model_config = replace(opts.model_config, **knobs)
+    return opts
 
 
 def _log(msg: str):

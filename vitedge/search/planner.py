@@ -107,10 +107,10 @@ class Planner:
             while (reach if self.unit == "ms" else reach * self.full) - self.base < e.min_budget:
                 reach = math.nextafter(reach, math.inf)
             if self.unit == "ms":
-                msg = (f"budget {budget:.3f} ms is below the smallest reachable {_fmt_up(reach)} ms on this device: "
+                msg = (f"budget {budget:.4g} ms is below the smallest reachable {_fmt_up(reach)} ms on this device: "
                        f"raise --budget-ms to at least {_fmt_up(reach)}")
             else:
-                msg = (f"budget {budget:.3f} of the FLOPs is below the smallest reachable {_fmt_up(reach)}: "
+                msg = (f"budget {budget:.4g} of the FLOPs is below the smallest reachable {_fmt_up(reach)}: "
                        f"raise --budget-flops to at least {_fmt_up(reach)}")
             raise BudgetUnreachableError(msg, reach) from None
         total = self.base + sol.cost
