@@ -50,11 +50,15 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import itertools
 import json
 import os
 import platform
 import random
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -163,8 +167,68 @@ def _onnxruntime_factory(model_path: str, threads: int):
     return (lambda feeds: sess.run(outputs, feeds)), specs, ort.__version__
 
 
+def _litert_interpreter():
+    """(Interpreter class, version string): ai-edge-litert, else tflite-runtime (what Pi guides install)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        from importlib.metadata import version
+        return Interpreter, "ai-edge-litert " + version("ai-edge-litert")
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite-runtime " + getattr(tflite_runtime, "__version__", "?")
+    except ImportError as e:
+        raise RuntimeMissingError("neither ai-edge-litert nor tflite-runtime is installed on this device: run "
+                                  "`python3 -m pip install ai-edge-litert`") from e
+
+
+@register_runtime("litert")
+def _litert_factory(model_path: str, threads: int):
+    """LiteRT (TFLite) interpreter with its default delegate (XNNPACK in ai-edge-litert).
+
+    A model may hold several signatures (e.g. one per token count, since converted graphs have
+    static shapes): each call runs the signature whose input shapes equal the feeds' shapes.
+    Feeds are matched to signature inputs by name, else by position (the plan's input order).
+    """
+    Interpreter, version = _litert_interpreter()
+    interp = Interpreter(model_path=model_path, num_threads=int(threads) if threads else None)
+    sigs = interp.get_signature_list()
+    runners = {}
+    for key in sigs:
+        r = interp.get_signature_runner(key)
+        details = r.get_input_details()
+        names = list(sigs[key]["inputs"])
+        runners[key] = (r, names, tuple(tuple(int(d) for d in details[n]["shape"]) for n in names),
+                        [np.dtype(details[n]["dtype"]).name for n in names])
+    if not runners:
+        raise PlanError(f"{model_path} has no signatures: convert it with signatures (litert-torch does)")
+    first = next(iter(runners.values()))
+    specs = [{"name": n, "shape": list(sh), "dtype": dt} for n, sh, dt in zip(first[1], first[2], first[3])]
+    by_shape = {v[2]: v for v in runners.values()}
+
+    def run(feeds: dict):
+        arrays = list(feeds.values())
+        shapes = tuple(tuple(a.shape) for a in arrays)
+        if shapes not in by_shape:
+            raise ValueError(f"no signature of {os.path.basename(model_path)} takes input shapes {list(shapes)}")
+        r, names, _, _ = by_shape[shapes]
+        kw = {n: feeds[n] for n in names} if all(n in feeds for n in names) else dict(zip(names, arrays))
+        out = r(**kw)
+        return [out[k] for k in sorted(out)]
+
+    return run, specs, version
+
+
 class Session:
-    """An opened model: ``.run(feeds) -> list[np.ndarray]``, ``.input_specs``, ``.version``."""
+    """An opened model: ``.run(feeds) -> list[np.ndarray]``, ``.input_specs``, ``.version``.
+
+    Self-timed runtimes (external tools, see :class:`ToolSession`) also have
+    ``measure_point(point, cfg) -> (Measurement, extra row fields)``, used instead of the timed loop.
+    """
+
+    measure_point = None
 
     def __init__(self, runtime: str, model_path: str, run_fn: Callable, input_specs: list,
                  version: str):
@@ -175,16 +239,270 @@ class Session:
         return list(self._run(feeds))
 
 
-def open_session(runtime: str, model_path: str, threads: int = 1) -> Session:
+def open_session(runtime: str, model_path: str, threads: int = 1,
+                 options: dict | None = None) -> Session:
     """Open ``model_path`` with a registered runtime.
+
+    ``options`` (the plan's ``runtime_options``) are passed to the factory as keyword arguments
+    (e.g. ``binary`` for "benchmark_model", ``template`` for "command").  A factory may return a
+    ready :class:`Session` (self-timed tools) instead of ``(run_fn, input_specs, version)``.
 
     Raises PlanError (unknown runtime), RuntimeMissingError (runtime not importable), and
     whatever the runtime raises for an unreadable model.
     """
     if runtime not in _RUNTIMES:
         raise PlanError(f"unknown runtime {runtime!r}: use one of {available_runtimes()}")
-    run_fn, specs, version = _RUNTIMES[runtime](model_path, threads)
+    made = _RUNTIMES[runtime](model_path, threads, **(options or {}))
+    if isinstance(made, Session):
+        return made
+    run_fn, specs, version = made
     return Session(runtime, model_path, run_fn, specs, str(version))
+
+
+# ---------------------------------------------------------------- self-timed tools
+# Runtimes that time themselves: an external program does its own warm-up and timed runs and
+# prints statistics; the runner builds its argument list (never a shell line), runs it and parses
+# its output.  ``execute(argv, timeout_s) -> (returncode, output)`` runs the program; by default on
+# this machine (:func:`run_argv`), over ``adb shell`` when the host drives a phone without Python.
+#
+# "benchmark_model": TFLite's benchmark tool (tensorflow/lite/tools/benchmark).  Flags used:
+#   --graph --num_threads --warmup_runs --warmup_min_secs=0 --num_runs (= min_runs)
+#   --min_secs (= min_time_s) --max_secs (= timeout_s) [--input_layer --input_layer_shape]
+#   plus the user's ``args``.  Parsed: the summary line, either
+#   "Inference timings in us: Init: 5685, First inference: 18535, Warmup (avg): 14462.3,
+#    Inference (avg): 14575.2" or the older "Average inference timings in us: Warmup: 83235,
+#   Init: 38467, Inference: 79760.9", and the last "count=50 first=.. curr=.. min=.. max=..
+#   avg=.. std=.. [p5=.. median=.. p95=..]" line before it.  The tool reports no per-run samples:
+#   ``median_ms`` is its median when printed, else its mean (``statistic`` says which);
+#   ``p90_ms`` is its p95, else its max (an upper bound of the p90); ``samples_ms`` is empty;
+#   the parsed numbers are kept in the row's ``tool`` field.
+#
+# "command": a user command template for vendor stacks (e.g. Vitis AI on a ZCU102), a list of
+#   arguments with placeholders {model} {threads} {warmup} {runs} {min_time} {timeout} {name}
+#   {input_names} ("tokens,scores") {input_shapes} ("1,65,64:1,64").  It must print (stdout,
+#   anywhere among other lines) one JSON line, the last one wins:
+#       {"vitedge": 1, "samples_ms": [1.92, 1.90, ...], "median_ms": 1.91, "version": "vart-3.5"}
+#   "vitedge": 1 is required; "samples_ms" (per-run times in ms, >= 1) and/or "median_ms";
+#   optional "p90_ms" and "version".  With samples, median/p90/MAD are computed from them.
+COMMAND_JSON_KEY = "vitedge"
+_SUMMARY_NEW = re.compile(r"Inference timings in us: Init: (?P<init>[\d.eE+-]+), First inference: "
+                          r"(?P<first>[\d.eE+-]+), Warmup \(avg\): (?P<warmup>[\d.eE+-]+), "
+                          r"Inference \(avg\): (?P<avg>[\d.eE+-]+)")
+_SUMMARY_OLD = re.compile(r"Average inference timings in us: Warmup: (?P<warmup>[\d.eE+-]+), "
+                          r"Init: (?P<init>[\d.eE+-]+), Inference: (?P<avg>[\d.eE+-]+)")
+_STAT_PAIR = re.compile(r"\b(count|first|curr|min|max|avg|std|p5|median|p95)=([\d.eE+-]+)")
+_PLACEHOLDER = re.compile(r"\{(\w*)\}")
+TEMPLATE_KEYS = ("model", "threads", "warmup", "runs", "min_time", "timeout", "name",
+                 "input_names", "input_shapes")
+
+
+def run_argv(argv: list, timeout_s: float | None = None) -> tuple:
+    """Run ``argv`` (a list, no shell) here; returns (returncode, stdout + stderr text)."""
+    try:
+        p = subprocess.run([str(a) for a in argv], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, errors="replace",
+                           timeout=timeout_s or None)
+    except subprocess.TimeoutExpired as e:
+        out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
+        return -9, out + f"\n(timed out after {timeout_s} s)"
+    except OSError as e:
+        return 127, _one_line(e)
+    return p.returncode, p.stdout
+
+
+def _num(v: str) -> float:
+    return float(v)
+
+
+def parse_benchmark_model(text: str) -> dict:
+    """Statistics (us) from benchmark_model's output; raises ValueError if it has no timings."""
+    lines = text.replace("\r", "").splitlines()
+    summary, at = None, None
+    for i, ln in enumerate(lines):
+        m = _SUMMARY_NEW.search(ln) or _SUMMARY_OLD.search(ln)
+        if m:
+            summary, at = m, i
+    if summary is None:
+        tail = next((ln.strip() for ln in reversed(lines) if ln.strip()), "(no output)")
+        raise ValueError("no 'Inference timings in us' line in benchmark_model output; "
+                         f"last line: {tail[:300]}")
+    out = {"init_us": _num(summary["init"]), "warmup_avg_us": _num(summary["warmup"]),
+           "avg_us": _num(summary["avg"])}
+    if "first" in summary.groupdict():
+        out["first_us"] = _num(summary["first"])
+    for ln in reversed(lines[:at]):
+        pairs = dict(_STAT_PAIR.findall(ln))
+        if "count" in pairs and "avg" in pairs:
+            out.update({f"{k}_us" if k != "count" else k: (int(_num(v)) if k == "count" else _num(v))
+                        for k, v in pairs.items()})
+            out["avg_us"] = _num(summary["avg"])  # the summary line is authoritative
+            break
+    return out
+
+
+def _tool_measurement(name: str, ts: float, stats: dict, label: str) -> tuple:
+    med = stats.get("median_us", stats["avg_us"])
+    p90 = stats.get("p95_us", stats.get("max_us", med))
+    m = Measurement(name, [], median_ms=med / 1000, p90_ms=p90 / 1000, mad_ms=None,
+                    runs=int(stats.get("count", 0)), timestamp=ts)
+    statistic = "median" if "median_us" in stats else "mean"
+    return m, {"statistic": statistic, "tool": dict(stats, name=label)}
+
+
+def parse_command_output(text: str) -> dict:
+    """The last ``{"vitedge": 1, ...}`` JSON line of a "command" runtime's output (checked)."""
+    found = None
+    for ln in text.replace("\r", "").splitlines():
+        ln = ln.strip()
+        if ln.startswith("{") and f'"{COMMAND_JSON_KEY}"' in ln:
+            try:
+                d = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and d.get(COMMAND_JSON_KEY) == 1:
+                found = d
+    if found is None:
+        raise ValueError('the command printed no {"vitedge": 1, "samples_ms": [...]} JSON line')
+    samples = found.get("samples_ms")
+    ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and 0 <= v < 1e12  # noqa: E731
+    if samples is not None and not (isinstance(samples, list) and samples and all(ok(v) for v in samples)):
+        raise ValueError("'samples_ms' must be a non-empty list of numbers >= 0 (ms)")
+    if samples is None and not ok(found.get("median_ms")):
+        raise ValueError("the JSON line needs 'samples_ms' or a number 'median_ms'")
+    return found
+
+
+def _input_strings(inputs: dict) -> tuple:
+    names = ",".join(inputs)
+    shapes = ":".join(",".join(str(d) for d in spec["shape"]) for spec in inputs.values())
+    return names, shapes
+
+
+def fill_template(template: list, values: dict) -> list:
+    """Substitute {key} placeholders in each argument; an unknown key raises PlanError."""
+    def sub(m):
+        if m.group(1) not in values:
+            raise PlanError(f"unknown placeholder {{{m.group(1)}}} in the command template: "
+                            f"use {', '.join('{' + k + '}' for k in TEMPLATE_KEYS)}")
+        return str(values[m.group(1)])
+    return [_PLACEHOLDER.sub(sub, str(a)) for a in template]
+
+
+def benchmark_model_argv(binary: str, model_path: str, threads: int, cfg: "MeasureConfig",
+                         inputs: dict | None = None, args=()) -> list:
+    """benchmark_model's argument list for one point (see the section comment)."""
+    argv = [binary, f"--graph={model_path}", f"--num_threads={threads if threads > 0 else -1}",
+            f"--warmup_runs={cfg.warmup}", "--warmup_min_secs=0", f"--num_runs={cfg.min_runs}",
+            f"--min_secs={cfg.min_time_s:g}"]
+    if cfg.timeout_s > 0:
+        argv.append(f"--max_secs={cfg.timeout_s:g}")
+    if inputs:
+        names, shapes = _input_strings(inputs)
+        argv += [f"--input_layer={names}", f"--input_layer_shape={shapes}"]
+    return argv + [str(a) for a in args]
+
+
+def _file_version(label: str, path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f"{label}-{hashlib.sha256(f.read()).hexdigest()[:12]}"
+    except OSError:
+        return label
+
+
+class ToolSession(Session):
+    """A self-timed runtime: ``measure_point`` runs the tool once per point (see above)."""
+
+    def __init__(self, runtime: str, model_path: str, threads: int, argv_fn: Callable,
+                 parse_fn: Callable, version: str, execute: Callable = run_argv):
+        super().__init__(runtime, model_path, self._no_run, [], version)
+        self.threads, self.argv_fn, self.parse_fn, self.execute = threads, argv_fn, parse_fn, execute
+
+    def _no_run(self, feeds):
+        raise RuntimeError(f"{self.runtime} times itself: it runs whole points, not single feeds")
+
+    def measure_point(self, point: dict, cfg: "MeasureConfig") -> tuple:
+        ts, name = time.time(), point["name"]
+        try:
+            argv = self.argv_fn(point, cfg)
+        except PlanError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            return Measurement(name, error_code=ErrorCode.INPUT_ERROR, error=_one_line(e),
+                               timestamp=ts), {}
+        rc, out = self.execute(argv, cfg.timeout_s if cfg.timeout_s > 0 else None)
+        if rc != 0:
+            tail = " | ".join(ln.strip() for ln in out.strip().splitlines()[-2:]) or "no output"
+            code = ErrorCode.TIMEOUT if rc == -9 else ErrorCode.RUNTIME_ERROR
+            return Measurement(name, error_code=code, error=f"{self.runtime} exited with {rc}: "
+                               f"{tail}"[:1000], timestamp=ts), {}
+        try:
+            return self.parse_fn(name, ts, out)
+        except ValueError as e:
+            return Measurement(name, error_code=ErrorCode.RUNTIME_ERROR, error=_one_line(e),
+                               timestamp=ts), {}
+
+
+def _resolve_binary(binary: str, label: str, hint: str) -> str:
+    found = binary if os.sep in binary else shutil.which(binary)
+    if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        raise RuntimeMissingError(f"{label} not found or not executable at {binary!r} on this "
+                                  f"device: {hint}")
+    return found
+
+
+@register_runtime("benchmark_model")
+def _benchmark_model_factory(model_path: str, threads: int, binary: str = "benchmark_model",
+                             args=(), execute: Callable | None = None, version: str | None = None):
+    """TFLite's benchmark_model binary (path supplied by the user, ``binary``); self-timed."""
+    if execute is None:  # on this machine: the binary must be here
+        binary = _resolve_binary(binary, "benchmark_model", "download TFLite's prebuilt "
+                                 "benchmark_model for this CPU and pass its path (device option "
+                                 "benchmark_model=PATH)")
+        version = version or _file_version("benchmark_model", binary)
+    if not model_path.endswith(".tflite"):
+        raise ValueError(f"benchmark_model runs .tflite models, not {os.path.basename(model_path)}")
+    return ToolSession(
+        "benchmark_model", model_path, threads,
+        lambda point, cfg: benchmark_model_argv(binary, model_path, threads, cfg,
+                                                point.get("inputs"), args),
+        lambda name, ts, out: _tool_measurement(name, ts, parse_benchmark_model(out),
+                                                "benchmark_model"),
+        version or "benchmark_model", execute or run_argv)
+
+
+def _command_measurement(name: str, ts: float, out: str) -> tuple:
+    d = parse_command_output(out)
+    if d.get("samples_ms"):
+        m = summarize(name, d["samples_ms"], ts)
+    else:
+        med = float(d["median_ms"])
+        m = Measurement(name, [], median_ms=med, p90_ms=float(d.get("p90_ms", med)), runs=1,
+                        timestamp=ts)
+    return m, {"statistic": "median", "tool": {"name": "command", "version": d.get("version")}}
+
+
+@register_runtime("command")
+def _command_factory(model_path: str, threads: int, template=(), execute: Callable | None = None,
+                     version: str | None = None):
+    """A user command template (vendor stacks); self-timed, prints the documented JSON line."""
+    template = list(template)
+    if not template:
+        raise PlanError("the command runtime needs a template: set runtime_options.template "
+                        "(device option command='prog --model {model} --runs {runs}')")
+    if execute is None:
+        _resolve_binary(str(template[0]), f"command {template[0]!r}",
+                        "install it on the device or fix the command template")
+
+    def argv(point, cfg):
+        names, shapes = _input_strings(point.get("inputs") or {})
+        return fill_template(template, {
+            "model": model_path, "threads": threads, "warmup": cfg.warmup, "runs": cfg.min_runs,
+            "min_time": f"{cfg.min_time_s:g}", "timeout": f"{cfg.timeout_s:g}",
+            "name": point["name"], "input_names": names, "input_shapes": shapes})
+    return ToolSession("command", model_path, threads, argv, _command_measurement,
+                       version or f"command-{os.path.basename(str(template[0]))}",
+                       execute or run_argv)
 
 
 # ---------------------------------------------------------------- measurement
@@ -326,6 +644,11 @@ def validate_plan(plan: Any, base_dir: str | None = None) -> dict:
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
         raise PlanError(f"'threads' must be an integer >= 0 (0: runtime default), got {threads!r}")
     cfg = _config_from_dict(plan.get("config", {}))
+    options = dict(plan.get("runtime_options") or {})
+    if not isinstance(plan.get("runtime_options") or {}, dict):
+        raise PlanError("'runtime_options' must be an object, e.g. {\"binary\": \"./benchmark_model\"}")
+    if isinstance(options.get("binary"), str) and os.path.isfile(os.path.join(base, options["binary"])):
+        options["binary"] = os.path.abspath(os.path.join(base, options["binary"]))  # shipped with the plan
     points = plan.get("points")
     if not isinstance(points, list) or not points:
         raise PlanError("plan has no points: give a non-empty 'points' list")
@@ -345,10 +668,17 @@ def validate_plan(plan: Any, base_dir: str | None = None) -> dict:
                             "(copy it to the device or fix the path)")
         if not isinstance(q["tags"], dict):
             raise PlanError(f"point {name!r}: 'tags' must be an object")
-        if "inputs_npz" in p:
-            q["npz_path"] = os.path.join(base, str(p["inputs_npz"]))
-            if not os.path.isfile(q["npz_path"]):
-                raise PlanError(f"point {name!r}: inputs_npz not found: {q['npz_path']}")
+        if "inputs_npz" in p:  # one file, or a list of files cycled round-robin (e.g. images)
+            many = isinstance(p["inputs_npz"], list)
+            paths = [os.path.join(base, str(x)) for x in (p["inputs_npz"] if many else [p["inputs_npz"]])]
+            if not paths:
+                raise PlanError(f"point {name!r}: 'inputs_npz' is an empty list")
+            for path in paths:
+                if not os.path.isfile(path):
+                    raise PlanError(f"point {name!r}: inputs_npz not found: {path}")
+            q["npz_path"] = paths[0]
+            if many:
+                q["npz_paths"] = paths
         inputs = p.get("inputs", {})
         if not isinstance(inputs, dict):
             raise PlanError(f"point {name!r}: 'inputs' must map input names to shape/dtype")
@@ -366,11 +696,11 @@ def validate_plan(plan: Any, base_dir: str | None = None) -> dict:
     if reference not in seen:
         raise PlanError(f"reference {reference!r} is not a point name: use one of the points")
     return {"runtime": runtime, "threads": threads, "config": cfg, "points": out,
-            "reference": reference}
+            "reference": reference, "runtime_options": options}
 
 
 def _make_feeds(point: dict, session: Session, rng: np.random.Generator) -> dict:
-    if "npz_path" in point:
+    if point.get("npz_path"):
         with np.load(point["npz_path"], allow_pickle=False) as z:
             feeds = {k: z[k] for k in z.files}
     else:
@@ -393,12 +723,14 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
     """Profile every point of ``plan`` (see module docstring); return the result dict (ms).
 
     ``on_point(point_dict)`` is called once per point right after it is measured.
-    ``session_factory(runtime, model_path, threads)`` defaults to :func:`open_session`.
+    ``session_factory(runtime, model_path, threads)`` defaults to :func:`open_session` (with the
+    plan's ``runtime_options``).
     Raises PlanError (invalid plan) and RuntimeMissingError (runtime not importable).
     """
     p = validate_plan(plan, base_dir)
     cfg, runtime, threads, points = p["config"], p["runtime"], p["threads"], p["points"]
-    factory = session_factory or open_session
+    options = p["runtime_options"]
+    factory = session_factory or (lambda rt, path, th: open_session(rt, path, th, options))
     started = time.time()
     sessions: dict[str, Any] = {}  # model path -> Session or the exception opening it
     rows: dict[int, dict] = {}
@@ -417,15 +749,23 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
                     raise
                 sessions[path] = e
         sess = sessions[path]
+        if getattr(sess, "measure_point", None) is not None:  # self-timed tool
+            m, extra = sess.measure_point(q, cfg)
+            return dict(m.to_dict(), **extra, index=i, model=q["model"], tags=q["tags"])
         code, err = ErrorCode.SESSION_ERROR, sess
         if not isinstance(sess, Exception):
             try:  # same seed per plan index whatever the order: identical inputs on re-runs
-                feeds = _make_feeds(q, sess, np.random.default_rng([cfg.seed, i]))
+                rng = np.random.default_rng([cfg.seed, i])
+                feeds_list = [_make_feeds(dict(q, npz_path=f), sess, rng)
+                              for f in q.get("npz_paths") or [q.get("npz_path")]]
                 code = None
             except Exception as e:  # noqa: BLE001
                 code, err = ErrorCode.INPUT_ERROR, e
-        if code is None:
+        if code is None and len(feeds_list) == 1:
+            feeds = feeds_list[0]
             m = measure(lambda: sess.run(feeds), cfg, q["name"])
+        elif code is None:  # several input sets: cycled round-robin, warm-up included
+            m = measure_feeds(sess, feeds_list, cfg, q["name"])
         else:
             m = Measurement(q["name"], error_code=code, error=_one_line(err),
                             timestamp=time.time())
@@ -479,13 +819,19 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python3 runner.py PLAN.json RESULT.json``.  Progress lines go to stderr.
+    """CLI: ``python3 runner.py [--progress-jsonl] PLAN.json RESULT.json``.  Progress lines go
+    to stderr.  With ``--progress-jsonl`` each measured point is also written to stdout, as soon
+    as it is measured, as one JSON line ``{"point": ROW}`` (ROW as in the result's ``points``) and
+    flushed: the host saves it (resumable profiles), so nothing measured is lost with the link.
 
-    Returns 0 ok, 1 result not writable, 2 bad plan or usage, 3 runtime missing.
+    Returns 0 ok, 1 result not writable, 2 bad plan or usage, 3 runtime missing, 4 the progress
+    stream was closed (the host went away; measuring stops).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    jsonl = "--progress-jsonl" in args
+    args = [a for a in args if a != "--progress-jsonl"]
     if len(args) != 2:
-        print("usage: python3 runner.py PLAN.json RESULT.json", file=sys.stderr)
+        print("usage: python3 runner.py [--progress-jsonl] PLAN.json RESULT.json", file=sys.stderr)
         return 2
     plan_path, result_path = args
     try:
@@ -501,6 +847,14 @@ def main(argv: list[str] | None = None) -> int:
     def progress(row: dict) -> None:
         done.append(row["name"])
         what = f"{row['median_ms']:.3f} ms" if row["error_code"] == 0 else f"error {row['error']}"
+        if jsonl:
+            try:
+                sys.stdout.write(json.dumps({"point": row}, allow_nan=False) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:  # the host is gone: stop, quietly (no flush at exit)
+                with contextlib.suppress(OSError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise SystemExit(4) from None
         print(f"[{len(done)}/{n}] {row['name']}: {what}", file=sys.stderr, flush=True)
     try:
         result = run_plan(plan, on_point=progress,

@@ -97,7 +97,7 @@ class ForwardOutput:
         scores: per block, (B, P_l) CLS-attention scores of the block's input patch tokens
             (only when requested or needed for pruning, else None).
         kept: per block, number of patch tokens leaving the block (after its selector), as a
-            0-d int64 tensor (traced into the exported graph as a Shape op).
+            0-d int64 tensor (exported as a ReduceSum over ones; works in torch.onnx and torch.export).
     """
 
     logits: torch.Tensor
@@ -256,7 +256,7 @@ class PrunableViT(nn.Module):
                     tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix))  # never more than present
                 tokens = blk.mlp_part(tokens)
             out.scores.append(scores)
-            out.kept.append(torch._shape_as_tensor(tokens)[1] - self.num_prefix)
+            out.kept.append(torch.ones_like(tokens[0, :, 0], dtype=torch.int64).sum() - self.num_prefix)
         out.logits = self.head(tokens)
         return out
 
