@@ -243,6 +243,7 @@ class PrunableViT(nn.Module):
         """
         tokens = self.embed(x)
         out = ForwardOutput(logits=tokens)
+        static = True  # token counts are static until a threshold selector runs
         for i, blk in enumerate(self.vit.blocks):
             theta, cap = self.thresholds[i], self.capacities[i]
             mask = fisher_masks[i] if fisher_masks is not None else None
@@ -252,11 +253,15 @@ class PrunableViT(nn.Module):
                 tokens, scores = blk.attention_part(tokens, mask)
                 if theta is not None:
                     tokens = blk.select(tokens, scores, theta)
+                    static = False
                 elif cap is not None:
                     tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix))  # never more than present
                 tokens = blk.mlp_part(tokens)
             out.scores.append(scores)
-            out.kept.append(torch.ones_like(tokens[0, :, 0], dtype=torch.int64).sum() - self.num_prefix)
+            if static:  # a constant in the exported graph (no op)
+                out.kept.append(torch.tensor(tokens.shape[1] - self.num_prefix, dtype=torch.int64))
+            else:
+                out.kept.append(torch.ones_like(tokens[0, :, 0], dtype=torch.int64).sum() - self.num_prefix)
         out.logits = self.head(tokens)
         return out
 

@@ -5,6 +5,9 @@ registers; never pruned), P = N - p patch tokens, C channels.
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 
@@ -56,29 +59,46 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.index_select(1, index)
 
 
+def _step(d: torch.Tensor) -> torch.Tensor:
+    """1.0 where d > 0 else 0.0, exactly for every real d (ceil maps (-0.5, 0] to 0 and (0, 1] to 1).
+
+    ceil(clamp(d, -0.5, 1)): MINIMUM/MAXIMUM + CEIL, ops XNNPACK runs; no comparison, logical or
+    cast op. (A runtime that flushes denormals treats |d| < 1.2e-38 as a tie.)
+    """
+    return torch.ceil(torch.clamp(d, -0.5, 1.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_ones(n: int, diagonal: int) -> np.ndarray:
+    return np.triu(np.ones((n, n), np.float32), diagonal)
+
+
 def rank_by_counting(scores: torch.Tensor) -> torch.Tensor:
     """Rank of each patch token without any sort: rank_j = #{i : s_i > s_j} + #{i < j : s_i = s_j}.
 
-    Ties are broken by token index, so ranks are a permutation of 0..P-1.
+    Ties are broken by token index, so ranks are a permutation of 0..P-1. Float-only arithmetic
+    (see :func:`_step`), O(P^2); a constant (P, P) upper-triangular matrix encodes "i < j".
 
     Args:
-        scores: (B, P) scores.
+        scores: (B, P) scores (CLS attention), static P.
 
     Returns:
-        (B, P) int64 ranks (0 = highest score). O(P^2) compares; exported as Greater/Equal/ReduceSum.
+        (B, P) ranks as integer-valued floats (0 = highest score).
     """
     P = scores.shape[-1]
-    s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)  # [b, i, j]: does token i beat token j?
-    earlier = torch.ones(P, P, dtype=torch.bool, device=scores.device).triu(1)
-    beats = (s_i > s_j) | ((s_i == s_j) & earlier)
+    d = scores.unsqueeze(-1) - scores.unsqueeze(-2)           # [b, i, j] = s_i - s_j
+    gt, lt = _step(d), _step(-d)
+    earlier = torch.tensor(_upper_ones(P, 1), dtype=scores.dtype)  # [i, j] = 1 when i < j
+    beats = gt + (1.0 - gt - lt) * earlier                    # token i beats token j
     return beats.sum(dim=-2)
 
 
 def capacity_gather_matrix(scores: torch.Tensor, capacity: int) -> torch.Tensor:
     """One-hot gather matrix that keeps the ``capacity`` best patch tokens in token order.
 
-    keep_j = rank_j < K; the kept tokens' output slots are CumSum(keep) - 1; G[b, k, j] = 1 when
-    kept token j goes to slot k. Static shapes, MatMul-only gather (no TopK, no scatter).
+    keep_j = [rank_j < K]; slot_j = (inclusive cumulative sum of keep)_j - 1, computed as a
+    MatMul with a constant triangular matrix; G[b, k, j] = keep_j [slot_j = k]. Static shapes,
+    float ops and MatMul only (no TopK, sort, scatter, comparison or CumSum op).
 
     Args:
         scores: (B, P) scores.
@@ -93,11 +113,12 @@ def capacity_gather_matrix(scores: torch.Tensor, capacity: int) -> torch.Tensor:
     P = scores.shape[-1]
     if not 0 <= capacity <= P:
         raise ValueError(f"capacity {capacity} outside 0..{P} patch tokens: pick a capacity within the token count")
-    keep = rank_by_counting(scores) < capacity                      # (B, P)
-    slot = torch.cumsum(keep.to(torch.int64), dim=-1) - 1           # (B, P)
-    slots = torch.ones(capacity, dtype=torch.int64, device=scores.device).cumsum(0) - 1  # 0..K-1, a constant
-    hit = (slot.unsqueeze(-2) == slots.view(1, -1, 1)) & keep.unsqueeze(-2)             # (B, K, P)
-    return hit.to(scores.dtype)
+    keep = _step(capacity - 0.5 - rank_by_counting(scores))                               # (B, P)
+    cum = torch.tensor(_upper_ones(P, 0), dtype=scores.dtype)                             # [i, j] = 1 when i <= j
+    slot = keep.unsqueeze(-2) @ cum - 1.0                                                 # (B, 1, P)
+    slots = torch.tensor(np.arange(capacity, dtype=np.float32).reshape(capacity, 1), dtype=scores.dtype)  # (K, 1)
+    same = 1.0 - _step(slot - slots) - _step(slots - slot)                                # (B, K, P)
+    return same * keep.unsqueeze(-2)
 
 
 def capacity_select(x: torch.Tensor, scores: torch.Tensor, capacity: int, num_prefix: int) -> torch.Tensor:
