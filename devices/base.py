@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Callable
 
 from . import runner
 from .runner import MeasureConfig, PlanError, RuntimeMissingError
 
-RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime"}
+# runtime -> the packages that provide it on a host, first found wins (LiteRT: ai-edge-litert, else tflite-runtime)
+RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime",), "litert": ("ai-edge-litert", "tflite-runtime")}
 
 
 class DeviceError(ValueError):
@@ -61,17 +62,24 @@ class Device:
         d["config"] = asdict(self.config)
         return d
 
+    def with_config(self, config: MeasureConfig) -> "Device":
+        """The same device (and connection settings) with another measurement protocol."""
+        return replace(self, config=config)
+
 
 @dataclass
 class LocalDevice(Device):
     """This machine, in process (no copy, no subprocess)."""
 
     def runtime_version(self) -> str:
-        pkg = RUNTIME_PACKAGES.get(self.runtime, self.runtime)
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            raise RuntimeMissingError(f"{pkg} is not installed: run `python -m pip install {pkg}`") from None
+        pkgs = RUNTIME_PACKAGES.get(self.runtime, (self.runtime,))
+        for pkg in pkgs:
+            try:
+                return metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                continue
+        hint = "pip install 'vitedge[tflite]'" if self.runtime == "litert" else f"python -m pip install {pkgs[0]}"
+        raise RuntimeMissingError(f"{pkgs[0]} is not installed: run `{hint}`") from None
 
     def run_plan(self, plan: dict, *, on_point=None) -> dict:
         plan = dict(plan, runtime=self.runtime, threads=self.threads, config=asdict(self.config))
@@ -106,16 +114,29 @@ def available_devices() -> list[str]:
     return sorted(_DEVICES)
 
 
-def get_device(name: str = "local", *, runtime: str = "onnxruntime", threads: int = 0,
-               config: MeasureConfig | None = None) -> Device:
-    """Instantiate a registered device.
+def get_device(name: str = "local", *, runtime: str | None = None, threads: int = 0,
+               config: MeasureConfig | None = None, **settings) -> Device:
+    """Instantiate a device: a preset (``devices/presets/*.toml`` or the user's devices file), a URL
+    (``ssh://[USER@]HOST[:PORT]``, ``adb://[SERIAL]``) or a registered device class.
+
+    ``runtime``/``threads`` None/0: the preset's (else onnxruntime / all cores).  ``settings``:
+    ``host``, ``serial``, ``devices_file`` and preset keys, overriding the preset
+    (see :mod:`vitedge.devices.presets`).
 
     Raises:
-        DeviceError: unknown device or runtime.
-        RuntimeMissingError: the runtime package is not installed (checked here, before any work).
+        DeviceError: unknown device or runtime, bad settings, unreachable device.
+        RuntimeMissingError: the runtime is not installed (checked here, before any work).
     """
-    if name not in _DEVICES:
-        raise DeviceError(f"unknown device {name!r}: use one of {', '.join(available_devices())}")
-    dev = _DEVICES[name](name=name, runtime=runtime, threads=threads, config=config or MeasureConfig())
+    from .remote import resolve_device  # presets and URLs (that module imports this one)
+
+    config = config or MeasureConfig()
+    dev = resolve_device(name, runtime=runtime, threads=threads, config=config, settings=settings)
+    if dev is None:
+        if name not in _DEVICES:
+            raise DeviceError(f"unknown device {name!r}: use one of {', '.join(available_devices())}, a preset "
+                              "(`vitedge devices list`), ssh://[USER@]HOST[:PORT] or adb://[SERIAL]")
+        if any(v is not None for v in settings.values()):
+            raise DeviceError(f"device {name} takes no settings, got {', '.join(sorted(settings))}")
+        dev = _DEVICES[name](name=name, runtime=runtime or "onnxruntime", threads=threads, config=config)
     dev.runtime_version()
     return dev

@@ -6,7 +6,6 @@ code that is deployed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 from ..models.adapter import PrunableViT
 from .onnx import export_onnx
 
-PARTS = ("attention", "selector", "mlp")
+PARTS = ("attention", "selector", "capacity_selector", "mlp")
 FIXED_PARTS = ("embed", "head", "run_overhead")
 
 
@@ -64,6 +63,18 @@ class SelectorPart(nn.Module):
         return self.block.select(x, scores, self.threshold)
 
 
+class CapacitySelectorPart(nn.Module):
+    """(1, n, C), (1, n - p) -> (1, n, C): the capacity selector at K = n - p (every token kept, the
+    largest one-hot MatMul for n inputs: the table errs on the slow side). Static n."""
+
+    def __init__(self, model: PrunableViT):
+        super().__init__()
+        self.block = model.vit.blocks[0]
+
+    def forward(self, x, scores):
+        return self.block.select_capacity(x, scores, scores.shape[1])
+
+
 class MlpPart(nn.Module):
     """(1, n, C) -> (1, n, C) tokens after MLP + residual."""
 
@@ -106,15 +117,6 @@ class RunOverhead(nn.Module):
         return x[:, :1, :1]
 
 
-@dataclass(frozen=True)
-class PartGraph:
-    """A profiled part: its ONNX file, input names and how inputs are shaped for n tokens."""
-
-    name: str
-    path: Path
-    inputs: tuple[str, ...]
-
-
 def export_pruned(model: PrunableViT, path, *, opset: int | None = None):
     """Export the model with its current thresholds. Returns the ``onnx.ModelProto``.
 
@@ -134,31 +136,62 @@ def export_unpruned(model: PrunableViT, path, *, opset: int | None = None):
                        input_names=["image"], output_names=["logits"], **kw)
 
 
-def export_parts(model: PrunableViT, folder, *, selector_threshold: float = 0.0) -> dict[str, PartGraph]:
-    """Export the profiled parts with a dynamic token axis (one file serves every n).
+def part_inputs(model: PrunableViT, part: str, n: int) -> dict[str, tuple[int, ...]]:
+    """Input names and shapes of ``part`` on n tokens (the fixed parts ignore n)."""
+    C, p = model.dim, model.num_prefix
+    if part == "embed":
+        return {"image": (1, *model.input_size)}
+    if part in ("selector", "capacity_selector"):
+        return {"tokens": (1, n, C), "scores": (1, n - p)}
+    return {"tokens": (1, n, C)}
 
-    The selector part is exported with ``selector_threshold`` (default 0.0: every token kept, the
-    most expensive gather, so the table errs on the slow side).
+
+def part_module(model: PrunableViT, part: str, *, selector_threshold: float = -1e30) -> nn.Module:
+    """The module timed as ``part``. The threshold selector keeps every token by default (worst case)."""
+    return {"attention": lambda: AttentionPart(model), "selector": lambda: SelectorPart(model, selector_threshold),
+            "capacity_selector": lambda: CapacitySelectorPart(model), "mlp": lambda: MlpPart(model),
+            "embed": lambda: EmbedPart(model), "head": lambda: HeadPart(model), "run_overhead": RunOverhead}[part]().eval()
+
+
+def min_tokens(model: PrunableViT, part: str) -> int:
+    """Smallest n a part is profiled at: p + 1 (one patch token; zero-size score tensors are invalid
+    in LiteRT, and fewer tokens never occur). The table holds that value below it."""
+    return model.num_prefix + 1
+
+
+_OUTPUTS = {"attention": ["out", "scores"], "selector": ["out"], "capacity_selector": ["out"], "mlp": ["out"],
+            "embed": ["out"], "head": ["logits"], "run_overhead": ["out"]}
+
+
+def export_parts(model: PrunableViT, folder, *, parts=PARTS, tokens: list[int] | None = None) -> dict:
+    """Export the profiled parts to ONNX.
+
+    One file with a dynamic token axis serves every n for the attention, threshold selector, MLP,
+    head and run-overhead parts; the capacity selector (constants sized by n) gets one file per n.
 
     Returns:
-        {part name: PartGraph} for :data:`PARTS` and :data:`FIXED_PARTS`.
+        {(part, n): path} with n = None for the files that serve every n.
     """
     folder = Path(folder)
-    N, C = model.num_tokens, model.dim
-    tok = torch.zeros(1, N, C)
-    dyn = {"tokens": {1: "n"}}
-    specs = {
-        "attention": (AttentionPart(model), (tok,), ["tokens"], ["out", "scores"], {**dyn, "out": {1: "n"}, "scores": {1: "P"}}),
-        "selector": (SelectorPart(model, selector_threshold), (tok, torch.zeros(1, N - model.num_prefix)),
-                     ["tokens", "scores"], ["out"], {**dyn, "scores": {1: "P"}, "out": {1: "k"}}),
-        "mlp": (MlpPart(model), (tok,), ["tokens"], ["out"], {**dyn, "out": {1: "n"}}),
-        "embed": (EmbedPart(model), (torch.zeros(1, *model.input_size),), ["image"], ["out"], None),
-        "head": (HeadPart(model), (tok,), ["tokens"], ["logits"], dyn),
-        "run_overhead": (RunOverhead(), (tok,), ["tokens"], ["out"], dyn),
-    }
-    parts = {}
-    for name, (module, args, ins, outs, axes) in specs.items():
-        path = folder / f"{name}.onnx"
-        export_onnx(module.eval(), args, path, input_names=ins, output_names=outs, dynamic_axes=axes)
-        parts[name] = PartGraph(name=name, path=path, inputs=tuple(ins))
-    return parts
+    N = model.num_tokens
+    tokens = tokens or list(range(1, N + 1))
+    out = {}
+    for part in (*parts, *FIXED_PARTS):
+        ins = part_inputs(model, part, N)
+        args = tuple(torch.zeros(shape) for shape in ins.values())
+        if part == "capacity_selector":
+            for n in tokens:
+                if n >= min_tokens(model, part):
+                    args = tuple(torch.zeros(shape) for shape in part_inputs(model, part, n).values())
+                    path = folder / f"{part}_n{n}.onnx"
+                    export_onnx(part_module(model, part), args, path, input_names=list(ins), output_names=_OUTPUTS[part])
+                    out[(part, n)] = path
+            continue
+        axes = None
+        if part != "embed":
+            axes = {"tokens": {1: "n"}, **({"scores": {1: "P"}} if "scores" in ins else {}),
+                    **{o: {1: "n"} for o in _OUTPUTS[part] if o in ("out",)}}
+        path = folder / f"{part}.onnx"
+        export_onnx(part_module(model, part), args, path, input_names=list(ins), output_names=_OUTPUTS[part], dynamic_axes=axes)
+        out[(part, None)] = path
+    return out

@@ -15,6 +15,9 @@ Needs the extra: ``pip install 'vitedge[tflite]'``.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import warnings
 from collections import Counter
@@ -33,6 +36,18 @@ EXTRA_HINT = "install the TFLite extra: pip install 'vitedge[tflite]'"
 
 class TFLiteUnavailableError(ExportError):
     """litert-torch / ai-edge-litert are not installed."""
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """litert-torch logs its progress and dtype notes; keep vitedge's output readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _require(module: str):
@@ -60,7 +75,7 @@ def export_tflite(module: torch.nn.Module, example_inputs: tuple | None, path, *
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
             warnings.simplefilter("ignore")
             if signatures:
                 conv = None
@@ -224,3 +239,32 @@ def check_parity_tflite(model, path, images, *, atol: float = 1e-4, limit: int =
         raise ParityError(f"{Path(path).name} disagrees with PyTorch in {runtime}: max |logit diff| {worst:.2e} (atol {atol:.0e}), "
                           f"kept tokens equal on {kept_ok}/{n}, top-1 equal on {top1}/{n}")
     return res
+
+
+TFLITE_PARTS = ("attention", "capacity_selector", "mlp")  # NonZero (threshold selector) does not convert
+
+
+def export_parts_tflite(model, folder, tokens: list[int]) -> dict:
+    """Export the profiled parts to TFLite: one file per part with one signature per token count n
+    (litert-torch needs static shapes; weights are shared between signatures).
+
+    Returns:
+        {(part, n): path} (several n map to the same multi-signature file; the runner picks the
+        signature whose input shapes match) and {(fixed part, None): path}.
+    """
+    from .graphs import FIXED_PARTS, min_tokens, part_inputs, part_module
+
+    folder = Path(folder)
+    out = {}
+    for part in TFLITE_PARTS:
+        ns = [n for n in tokens if n >= min_tokens(model, part)]
+        sigs = {f"n{n}": tuple(torch.zeros(s) for s in part_inputs(model, part, n).values()) for n in ns}
+        path = folder / f"{part}.tflite"
+        export_tflite(part_module(model, part), None, path, signatures=sigs)
+        out.update({(part, n): path for n in ns})
+    for part in FIXED_PARTS:
+        args = tuple(torch.zeros(s) for s in part_inputs(model, part, model.num_tokens).values())
+        path = folder / f"{part}.tflite"
+        export_tflite(part_module(model, part), args, path)
+        out[(part, None)] = path
+    return out

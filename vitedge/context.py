@@ -32,25 +32,63 @@ class Options:
     eval_data: str | None = None
     calib_limit: int | None = None
     device: str = "local"
-    runtime: str = "onnxruntime"
+    runtime: str | None = None      # None: the device preset's, else onnxruntime
     threads: int = 0
+    device_settings: dict = field(default_factory=dict)  # host, serial, devices_file, preset keys
     num_candidates: int = 201
     importance: str = "fisher_block"
+    mode: str | None = None          # "threshold" | "capacity"; default: capacity for tflite, threshold for onnx
+    format: str | None = None        # "onnx" | "tflite"; default: the device runtime's format
+    tokens_step: int | None = None   # token-count grid of static-shape profiles (LiteRT)
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True
     profile_config: MeasureConfig = field(default_factory=lambda: PROFILE_CONFIG)
     model_config: MeasureConfig = field(default_factory=lambda: MODEL_CONFIG)
+    profile_partial: str | None = None   # save profile points as measured (OUT.partial.jsonl)
+    resume: bool = False                 # continue from profile_partial
 
 
 def _protocol_tag(cfg: MeasureConfig) -> str:
     return f"w{cfg.warmup}r{cfg.min_runs}s{cfg.min_time_s:g}"
 
 
+FORMAT_RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
+RUNTIME_FORMAT = {v: k for k, v in FORMAT_RUNTIME.items()}
+
+
+def resolve_mode(opts: Options) -> None:
+    """Check the format/runtime/mode the user gave; an explicit --format picks its runtime.
+
+    The rest is settled once the device is known (:attr:`Context.format`, :attr:`Context.mode`).
+
+    Raises:
+        ValueError: unknown format/mode, a runtime that does not read the format, or threshold mode
+            with TFLite (NonZero: a dynamic token count, which delegates reject).
+    """
+    if opts.format is not None and opts.format not in FORMAT_RUNTIME:
+        raise ValueError(f"unknown format {opts.format!r}: use onnx or tflite")
+    if opts.mode is not None and opts.mode not in ("threshold", "capacity"):
+        raise ValueError(f"unknown mode {opts.mode!r}: use threshold or capacity")
+    if opts.format is not None:
+        if opts.runtime is None:
+            opts.runtime = FORMAT_RUNTIME[opts.format]
+        elif opts.runtime in RUNTIME_FORMAT and RUNTIME_FORMAT[opts.runtime] != opts.format:
+            raise ValueError(f"runtime {opts.runtime} does not run {opts.format} files: use --runtime {FORMAT_RUNTIME[opts.format]}")
+    fmt = opts.format or RUNTIME_FORMAT.get(opts.runtime or "")
+    if opts.mode == "threshold" and fmt == "tflite":
+        raise ValueError(THRESHOLD_TFLITE)
+
+
+THRESHOLD_TFLITE = ("threshold mode has a dynamic token count (NonZero), which TFLite delegates (XNNPACK, GPU, NNAPI) "
+                    "reject and litert-torch cannot convert: use --mode capacity")
+
+
 class Context:
     """Lazily loads and caches what the commands share. Raises the loaders' typed errors."""
 
     def __init__(self, opts: Options, log=print):
+        resolve_mode(opts)
         self.opts, self.log = opts, log
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -89,8 +127,23 @@ class Context:
     def device(self) -> Device:
         if self._device is None:
             o = self.opts
-            self._device = get_device(o.device, runtime=o.runtime, threads=o.threads, config=o.model_config)
+            self._device = get_device(o.device, runtime=o.runtime, threads=o.threads, config=o.model_config,
+                                      **o.device_settings)
         return self._device
+
+    @property
+    def format(self) -> str:
+        """Export format: --format, else the device runtime's (onnxruntime -> onnx, litert -> tflite)."""
+        return self.opts.format or RUNTIME_FORMAT.get(self.device.runtime, "onnx")
+
+    @property
+    def mode(self) -> str:
+        """Pruning mode: --mode, else capacity for TFLite and threshold for ONNX. Raises ValueError
+        for threshold mode on a static-shape runtime."""
+        mode = self.opts.mode or ("capacity" if self.format == "tflite" else "threshold")
+        if mode == "threshold" and self.format == "tflite":
+            raise ValueError(THRESHOLD_TFLITE)
+        return mode
 
     def cache_root(self) -> Path:
         return cache.cache_dir(self.opts.cache_dir)
@@ -115,8 +168,23 @@ class Context:
         self.log(f"calibrated on {len(self.images)} images ({self.images.name}) -> {cached}")
         return cal
 
-    def latency_table(self, path: str | Path | None = None) -> LatencyTable:
-        """Load ``path`` (checked against this model and device) or the cached one, else profile."""
+    def latency_table(self, path: str | Path | None = None, *, allow_reference: bool = False) -> LatencyTable:
+        """Load ``path`` (checked against this model and device) or the cached one, else profile.
+
+        With ``allow_reference``, ``path`` may name a reference table published in a paper
+        (``vitedge.tables.reference``, e.g. "zcu102-spvit-deit-s"), checked against this model only.
+        """
+        if path is not None and not Path(path).is_file():
+            from .tables.reference import is_reference_name, load_reference
+
+            if is_reference_name(str(path)):
+                if not allow_reference:
+                    raise LatencyTableError(f"{path} is a reference table from a paper: use it with `vitedge search`; "
+                                            "this command measures on your device and needs a table profiled there")
+                table = load_reference(str(path))
+                table.check_model(self.shape, source=str(path))
+                self.log(table.note())
+                return table
         dev = self.device
         if path is not None:
             table = LatencyTable.load(path)
@@ -133,9 +201,12 @@ class Context:
                 return table
             except LatencyTableError as e:
                 self.log(f"cache: ignoring {cached.name} ({e})")
-        profile_dev = get_device(dev.name, runtime=dev.runtime, threads=dev.threads, config=self.opts.profile_config)
-        table = profile(self.model, profile_dev, model_name=self.model.model_name, progress=self.opts.progress)
+        profile_dev = dev.with_config(self.opts.profile_config)
+        table = profile(self.model, profile_dev, model_name=self.model.model_name, progress=self.opts.progress,
+                        partial=self.opts.profile_partial, resume=self.opts.resume, tokens_step=self.opts.tokens_step)
         table.save(cached)
+        if self.opts.profile_partial:  # the table is saved: its partial file has done its job
+            Path(self.opts.profile_partial).unlink(missing_ok=True)
         self.log(f"profiled {table.meta['points']} points on {dev.name} in {table.meta['profile_seconds']:.1f} s -> {cached}")
         if table.drift.get("detected"):
             self.log(f"warning: latency drift during profiling (reference moved {100 * table.drift['max_rel_dev']:.0f} %): "

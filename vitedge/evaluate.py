@@ -39,26 +39,42 @@ def predict_unpruned(model: PrunableViT, images: ImageSet, batch_size: int = 64)
     return np.concatenate(out)
 
 
-def evaluate_pruned(model: PrunableViT, images: ImageSet, thresholds, *, reference_top1: np.ndarray | None = None,
-                    limit: int | None = None) -> EvalResult:
-    """Run ``model`` with ``thresholds`` (θ_l or None per block) on each image at batch 1.
+def evaluate_schedule(model: PrunableViT, images: ImageSet, schedule, **kw) -> EvalResult:
+    """:func:`evaluate_pruned` with a :class:`~vitedge.schedule.Schedule` (either mode)."""
+    if schedule.mode == "capacity":
+        return evaluate_pruned(model, images, capacities=schedule.capacities, **kw)
+    return evaluate_pruned(model, images, schedule.thresholds, **kw)
+
+
+def evaluate_pruned(model: PrunableViT, images: ImageSet, thresholds=None, *, capacities=None,
+                    reference_top1: np.ndarray | None = None, limit: int | None = None) -> EvalResult:
+    """Run ``model`` with ``thresholds`` (θ_l or None per block, batch 1 as deployed) or
+    ``capacities`` (K_l or None per block, static shapes, batched) on the images.
 
     Compounding across blocks is real here (tokens dropped early are gone later), unlike the
-    calibration's per-block counts. The model's thresholds are restored afterwards.
+    calibration's per-block counts. The model's configuration is restored afterwards.
     """
-    saved = model.thresholds
-    model.set_thresholds(thresholds)
+    saved = (model.thresholds, model.capacities)
+    if capacities is not None:
+        model.set_capacities(capacities)
+        batch = 64
+    else:
+        model.set_thresholds(thresholds if thresholds is not None else [None] * model.depth)
+        batch = 1
     n = len(images) if limit is None else min(limit, len(images))
     top1 = np.zeros(n, np.int64)
     kept = np.zeros((model.depth, n), np.int64)
     try:
         with torch.no_grad():
-            for i in range(n):
-                out = model.forward_with_info(torch.from_numpy(images.images[i:i + 1]))
-                top1[i] = int(out.logits.argmax())
-                kept[:, i] = [int(k) for k in out.kept]
+            for i in range(0, n, batch):
+                out = model.forward_with_info(torch.from_numpy(images.images[i:min(i + batch, n)]))
+                top1[i:i + batch] = out.logits.argmax(-1).numpy()
+                kept[:, i:i + batch] = np.array([int(k) for k in out.kept])[:, None]
     finally:
-        model.set_thresholds(saved)
+        if saved[1] != [None] * model.depth and any(k is not None for k in saved[1]):
+            model.set_capacities(saved[1])
+        else:
+            model.set_thresholds(saved[0])
     acc = None if images.labels is None else float((top1 == images.labels[:n]).mean())
     agree = None if reference_top1 is None else float((top1 == reference_top1[:n]).mean())
     return EvalResult(top1=top1, kept=kept, accuracy=acc, agreement=agree)

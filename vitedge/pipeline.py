@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .context import Context
-from .evaluate import evaluate_pruned, predict_unpruned
-from .exporters.graphs import export_pruned, export_unpruned
+from .evaluate import evaluate_schedule, predict_unpruned
+from .exporters.graphs import PrunedModelGraph, UnprunedModelGraph, export_pruned, export_unpruned
 from .exporters.onnx import audit_ops, file_sha256
 from .exporters.validation import check_parity
 from .schedule import Schedule
@@ -31,6 +31,48 @@ MAX_STEP = 1.25     # one round re-aims the search budget by at most this factor
 
 class BudgetNotMetError(RuntimeError):
     """After the bounded closed loop, the measured latency is still over the budget."""
+
+
+class Artifact:
+    """How a format is exported, audited and checked against PyTorch."""
+
+    def __init__(self, fmt: str):
+        self.fmt, self.suffix = fmt, "." + fmt
+
+    def export(self, model, path, *, pruned: bool = True) -> None:
+        if self.fmt == "onnx":
+            (export_pruned if pruned else export_unpruned)(model, path)
+            return
+        import torch
+
+        from .exporters.tflite import export_tflite
+
+        graph = (PrunedModelGraph if pruned else UnprunedModelGraph)(model).eval()
+        export_tflite(graph, (torch.zeros(1, *model.input_size),), path)
+
+    def audit(self, path) -> dict:
+        """{"op_types": {...}} plus, for TFLite, the XNNPACK delegation."""
+        if self.fmt == "onnx":
+            import onnx
+
+            return {"op_types": audit_ops(onnx.load(str(path)))}
+        from .exporters.tflite import audit_tflite, xnnpack_delegation
+
+        return {"op_types": audit_tflite(path), "xnnpack": xnnpack_delegation(path).to_dict()}
+
+    def parity(self, model, path, images) -> dict:
+        if self.fmt == "onnx":
+            return check_parity(model, path, images, limit=64).to_dict()
+        from .exporters.tflite import check_parity_tflite
+
+        out = check_parity_tflite(model, path, images, limit=32).to_dict()
+        try:
+            import tflite_runtime  # noqa: F401  (what Raspberry Pi users install)
+        except ImportError:
+            out["tflite_runtime"] = "not installed"
+        else:
+            out["tflite_runtime"] = check_parity_tflite(model, path, images, limit=8, runtime="tflite-runtime").to_dict()
+        return out
 
 
 def _measurement_summary(m: dict) -> dict:
@@ -53,14 +95,15 @@ class ClosedLoop:
     device; the measured median re-aims ``target`` multiplicatively towards AIM x budget.
     """
 
-    def __init__(self, ctx: Context, planner: Planner, workdir: Path, *, max_rounds: int = 5, log=print):
+    def __init__(self, ctx: Context, planner: Planner, workdir: Path, artifact: Artifact, *, max_rounds: int = 5, log=print):
         self.ctx, self.planner, self.workdir, self.max_rounds, self.log = ctx, planner, workdir, max_rounds, log
+        self.artifact = artifact
         self.rounds: list[dict] = []
 
     def _realised(self, schedule: Schedule, limit: int = 64) -> tuple[float, np.ndarray]:
-        ev = evaluate_pruned(self.ctx.model, self.ctx.images, schedule.thresholds, limit=limit)
-        selectors = np.array([t is not None for t in schedule.thresholds])
-        return float(self.planner.table.predict_ms(ev.kept, selectors).mean()), ev.kept
+        ev = evaluate_schedule(self.ctx.model, self.ctx.images, schedule, limit=limit)
+        pred = self.planner.table.predict_ms(ev.kept, np.array(schedule.selectors), mode=schedule.mode)
+        return float(pred.mean()), ev.kept
 
     def _solve(self, target: float) -> tuple[Schedule, float]:
         """Solve, falling back to the smallest reachable search budget (only the first call may fail)."""
@@ -84,8 +127,9 @@ class ClosedLoop:
                 if abs(realised - AIM * budget) <= 0.03 * budget or schedule.keeps_everything:
                     break
                 target *= self._step(AIM * budget, realised)
-            path = self.workdir / f"round{r}.onnx"
-            export_pruned(self._with(schedule), path)
+            path = self.workdir / f"round{r}{self.artifact.suffix}"
+            schedule.apply(self.ctx.model)
+            self.artifact.export(self.ctx.model, path)
             m = self.ctx.device.measure_model(path, self.ctx.feeds(), name=f"round{r}")
             med = m["median_ms"]
             self.rounds.append({"round": r, "search_budget_ms": target, "predicted_ms": schedule.predicted,
@@ -103,14 +147,10 @@ class ClosedLoop:
                                     "or the budget is too tight")
         return best
 
-    def _with(self, schedule: Schedule):
-        self.ctx.model.set_thresholds(schedule.thresholds)
-        return self.ctx.model
-
 
 def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_path=None, table_path=None,
                max_rounds: int = 5, log=print) -> dict:
-    """Run the main job and write ``out/model.onnx``, ``out/schedule.json``, ``out/report.json``.
+    """Run the main job and write ``out/model.onnx`` (or ``.tflite``), ``out/schedule.json``, ``out/report.json``.
 
     Args:
         ctx: the loaded model, images and device.
@@ -131,50 +171,50 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
     model = ctx.model
     cal = ctx.calibration(calibration_path)
     table = ctx.latency_table(table_path)
-    planner = Planner(cal, "latency", table)
+    mode, artifact = ctx.mode, Artifact(ctx.format)
+    planner = Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens)
     if budget_ms < planner.min_budget:
         planner.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
     notes: list[str] = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".vitedge-", dir=out.parent) as tmp:
         work = Path(tmp)
-        export_unpruned(model, work / "unpruned.onnx")
-        unpruned = ctx.device.measure_model(work / "unpruned.onnx", ctx.feeds(), name="unpruned")
+        unpruned_path = work / f"unpruned{artifact.suffix}"
+        artifact.export(model, unpruned_path, pruned=False)
+        unpruned = ctx.device.measure_model(unpruned_path, ctx.feeds(), name="unpruned")
         log(f"unpruned: {unpruned['median_ms']:.3f} ms median on {ctx.device.name} ({ctx.device.runtime}, {ctx.device.threads} threads)")
-        loop = ClosedLoop(ctx, planner, work, max_rounds=max_rounds, log=log)
+        loop = ClosedLoop(ctx, planner, work, artifact, max_rounds=max_rounds, log=log)
         if budget_ms >= unpruned["median_ms"]:
             schedule = planner.keep_all(budget_ms)
             notes.append(f"budget {budget_ms:.3f} ms is at or above the unpruned latency {unpruned['median_ms']:.3f} ms: every token is kept")
             log(notes[-1])
-            model.set_thresholds(schedule.thresholds)
-            path = work / "keep_all.onnx"
-            export_pruned(model, path)
+            schedule.apply(model)
+            path = work / f"keep_all{artifact.suffix}"
+            artifact.export(model, path)
             measured = ctx.device.measure_model(path, ctx.feeds(), name="keep_all")
         else:
             schedule, path, measured = loop.run(budget_ms)
-        model.set_thresholds(schedule.thresholds)
-        import onnx
-
-        op_types = audit_ops(onnx.load(str(path)))
-        parity = check_parity(model, path, ctx.images, limit=64)
-        calib_eval = evaluate_pruned(model, ctx.images, schedule.thresholds)
+        schedule.apply(model)
+        audit = artifact.audit(path)
+        parity = artifact.parity(model, path, ctx.images)
+        calib_eval = evaluate_schedule(model, ctx.images, schedule)
         accuracy = _accuracy(ctx, schedule)
-        selectors = np.array([t is not None for t in schedule.thresholds])
-        predicted = float(table.predict_ms(calib_eval.kept, selectors).mean())
+        predicted = float(table.predict_ms(calib_eval.kept, np.array(schedule.selectors), mode=mode).mean())
         blocks = [{"block": l, "candidate": schedule.candidates[l], "threshold": schedule.thresholds[l],
-                   "mean_kept_tokens": float(calib_eval.kept[l].mean()),
+                   "capacity": schedule.capacities[l], "mean_kept_tokens": float(calib_eval.kept[l].mean()),
                    "calibration_predicted_kept": schedule.predicted_kept[l]} for l in range(model.depth)]
         report = {
             "budget_ms": budget_ms, "budget_met": measured["median_ms"] <= budget_ms,
             "predicted_ms": predicted, "search_predicted_ms": schedule.predicted,
             "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
             "speedup": unpruned["median_ms"] / measured["median_ms"],
+            "format": artifact.fmt, "mode": mode,
             "schedule": {"mode": schedule.mode, "blocks": blocks, "fisher_loss": schedule.fisher_loss},
-            "op_types": op_types, "parity": parity.to_dict(), "accuracy": accuracy, "rounds": loop.rounds,
+            **audit, "parity": parity, "accuracy": accuracy, "rounds": loop.rounds,
             "model": {"name": model.model_name, "hash": ctx.model_hash, **ctx.shape, "has_weights": model.has_weights},
             "device": {**table.device, "measure_protocol": ctx.device.describe()["config"]},
             "images": {"calibration": ctx.images.name, "count": len(ctx.images), "measured_on": len(ctx.feeds())},
-            "artifacts": {"model.onnx": file_sha256(path), "calibration_model_hash": cal.meta["model_hash"],
+            "artifacts": {f"model{artifact.suffix}": file_sha256(path), "calibration_model_hash": cal.meta["model_hash"],
                           "calibration_image_set_hash": cal.meta["image_set_hash"],
                           "latency_table_created": table.meta.get("created")},
             "notes": notes, "seconds": round(time.time() - t0, 1),
@@ -182,7 +222,7 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
         out.mkdir(parents=True, exist_ok=True)
         schedule.save(work / "schedule.json")
         _write_json(work / "report.json", report)
-        for name, src in (("model.onnx", path), ("schedule.json", work / "schedule.json"), ("report.json", work / "report.json")):
+        for name, src in ((f"model{artifact.suffix}", path), ("schedule.json", work / "schedule.json"), ("report.json", work / "report.json")):
             shutil.move(str(src), str(out / f".{name}.part"))
             os.replace(out / f".{name}.part", out / name)
     return report
@@ -193,7 +233,7 @@ def _accuracy(ctx: Context, schedule: Schedule) -> dict | None:
     if images is None or not ctx.model.has_weights:
         return {"available": False, "reason": source if images is None else "random weights"}
     ref = predict_unpruned(ctx.model, images)
-    ev = evaluate_pruned(ctx.model, images, schedule.thresholds, reference_top1=ref)
+    ev = evaluate_schedule(ctx.model, images, schedule, reference_top1=ref)
     return {"available": True, "images": source, "count": len(images),
             "unpruned": float((ref == images.labels).mean()), "pruned": ev.accuracy,
             "top1_agreement_with_unpruned": ev.agreement}

@@ -6,15 +6,19 @@ token count n (shuffled order, reference point re-measured for drift, raw sample
 from __future__ import annotations
 
 import hashlib
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from .devices import Device
+from .devices import Device, DeviceError
+from .devices.runner import detect_drift
 from .exporters.graphs import FIXED_PARTS, PARTS, export_parts
 from .models.adapter import PrunableViT
+from .partial import PartialProfile, fingerprint
 from .tables.latency import LatencyTable
 
 
@@ -30,62 +34,147 @@ def model_shape(model: PrunableViT) -> dict:
             "input_size": list(model.input_size), "arch_hash": arch}
 
 
-def build_plan(model: PrunableViT, parts: dict, *, tokens: list[int] | None = None) -> dict:
-    """Runner plan: every part at every n (selector from n = p, it needs patch tokens), fixed parts once."""
-    N, C, p = model.num_tokens, model.dim, model.num_prefix
-    ns = tokens or list(range(1, N + 1))
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
+
+
+def token_grid(model: PrunableViT, runtime: str, step: int | None = None) -> list[int]:
+    """Token counts to measure: every n for ONNX Runtime (one dynamic-shape graph serves all);
+    for static-shape runtimes (LiteRT: one signature per n, ~1-2 s of conversion each) every
+    ``step``-th n (default: about 33 points), always including 1, p + 1 and N."""
+    N, p = model.num_tokens, model.num_prefix
+    if step is None:
+        step = 1 if RUNTIME_FORMAT.get(runtime) == "onnx" else max(1, round(N / 32))
+    return sorted(set(range(1, N + 1, step)) | {1, min(p + 1, N), N})
+
+
+def build_plan(model: PrunableViT, files: dict, tokens: list[int]) -> dict:
+    """Runner plan: every profiled part at every n of ``tokens`` (selectors from n = p + 1), fixed parts once.
+
+    Args:
+        files: {(part, n or None): model file} from the exporter.
+    """
+    from .exporters.graphs import min_tokens, part_inputs
+
+    N = model.num_tokens
+    parts = sorted({part for part, _ in files if part in PARTS}, key=PARTS.index)
     points = []
-    for part in PARTS:
-        for n in ns:
-            if part == "selector" and n < p:
+    for part in parts:
+        for n in tokens:
+            if n < min_tokens(model, part):
                 continue
-            inputs = {"tokens": {"shape": [1, n, C], "dtype": "float32"}}
-            if part == "selector":
-                inputs["scores"] = {"shape": [1, n - p], "dtype": "float32"}
-            points.append({"name": f"{part}@{n}", "model": str(parts[part].path), "inputs": inputs,
-                           "tags": {"part": part, "tokens": n}})
-    c, h, w = model.input_size
-    points.append({"name": "embed", "model": str(parts["embed"].path),
-                   "inputs": {"image": {"shape": [1, c, h, w], "dtype": "float32"}}, "tags": {"part": "embed"}})
-    for name in ("head", "run_overhead"):
-        points.append({"name": name, "model": str(parts[name].path),
-                       "inputs": {"tokens": {"shape": [1, N, C], "dtype": "float32"}}, "tags": {"part": name}})
+            path = files.get((part, n)) or files[(part, None)]
+            inputs = {k: {"shape": list(v), "dtype": "float32"} for k, v in part_inputs(model, part, n).items()}
+            points.append({"name": f"{part}@{n}", "model": str(path), "inputs": inputs, "tags": {"part": part, "tokens": n}})
+    for part in FIXED_PARTS:
+        inputs = {k: {"shape": list(v), "dtype": "float32"} for k, v in part_inputs(model, part, N).items()}
+        points.append({"name": part, "model": str(files[(part, None)]), "inputs": inputs, "tags": {"part": part}})
     return {"points": points, "reference": f"attention@{N}"}
 
 
 def profile(model: PrunableViT, device: Device, *, model_name: str = "", progress: bool = True,
-            workdir: str | Path | None = None) -> LatencyTable:
+            workdir: str | Path | None = None, tokens_step: int | None = None,
+            partial: str | Path | None = None, resume: bool = False) -> LatencyTable:
     """Measure the latency table of ``model`` on ``device``.
 
+    With ``partial`` (a path, e.g. ``OUT.partial.jsonl``) every point is saved there as soon as it
+    is measured (:mod:`vitedge.partial`); ``resume`` continues from such a file, measuring only the
+    points it lacks (the reference point is measured again for the drift check).  The caller
+    deletes the file once the table is saved.
+
+    The parts are exported in the device runtime's format (ONNX for onnxruntime; TFLite for litert,
+    where the threshold selector cannot exist and token counts are measured on a grid).
+
     Returns:
-        A table with, for n = 1..N, median/p90/raw samples (ms) of the attention, selector and MLP
-        parts, and the fixed parts (embed, head, run overhead).
+        A table with, for n = 1..N, median/p90 (ms) of the attention, selector(s) and MLP parts
+        (interpolated between measured n when measured on a grid; raw samples of measured n kept),
+        and the fixed parts (embed, head, run overhead).
 
     Raises:
         ProfileError: a part failed on the device (the runner's error is named).
-        DeviceError / RuntimeMissingError: from the device.
+        DeviceError / RuntimeMissingError / TFLiteUnavailableError: from the device or exporter.
     """
+    fmt = RUNTIME_FORMAT.get(device.runtime)
+    if fmt is None:
+        raise ProfileError(f"profiling with runtime {device.runtime!r} is not supported: use onnxruntime or litert")
+    tokens = token_grid(model, device.runtime, tokens_step)
+    t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="vitedge-parts-") as tmp:
         folder = Path(workdir) if workdir else Path(tmp)
-        parts = export_parts(model, folder, selector_threshold=-1e30)
-        plan = build_plan(model, parts)
-        bar = tqdm(total=len(plan["points"]), desc=f"profile ({device.name}, {device.runtime})", unit="pt",
-                   disable=not progress, leave=False)
-        t0 = time.time()
-        result = device.run_plan(plan, on_point=lambda row: bar.update(1))
-        bar.close()
+        if fmt == "onnx":
+            files = export_parts(model, folder, tokens=tokens)
+        else:
+            from .exporters.tflite import export_parts_tflite
+
+            files = export_parts_tflite(model, folder, tokens)
+        export_s = time.time() - t0
+        plan = build_plan(model, files, tokens)
+        store = None
+        if partial is not None:  # resumable: every measured point saved at once (vitedge.partial)
+            fp = fingerprint(model_shape(model), device.name, device.runtime, device.threads, device.config,
+                             [(q["name"], q.get("inputs"), q["tags"]) for q in plan["points"]])
+            store = PartialProfile.open(partial, {"fingerprint": fp, "points": len(plan["points"]),
+                                                  "device": device.name, "runtime": device.runtime}, resume=resume)
+        done = dict(store.rows) if store else {}
+        todo = [q for q in plan["points"] if q["name"] not in done or q["name"] == plan["reference"]]
+        bar = tqdm(total=len(plan["points"]), initial=len(done), desc=f"profile ({device.name}, {device.runtime})",
+                   unit="pt", disable=not progress, leave=False)
+
+        def on_point(row):
+            if store is None or store.append(row):
+                bar.update(1)
+        try:
+            result = device.run_plan(dict(plan, points=todo), on_point=on_point)
+        except DeviceError as e:
+            if store is None or not store.rows:
+                raise
+            raise type(e)(f"{e}; the {len(store.rows)} points measured so far are saved in {store.path}: "
+                          "run the same command with --resume to continue") from None
+        except KeyboardInterrupt:
+            if store is not None and store.rows:
+                sys.stderr.write(f"\ninterrupted: the {len(store.rows)} points measured so far are saved in "
+                                 f"{store.path}: run the same command with --resume to continue\n")
+            raise
+        finally:
+            bar.close()
+            if store is not None:
+                store.close()
+    if done:  # resumed: the saved rows stand; the reference's medians of both sessions judge drift
+        fresh = {r["name"]: r for r in result["points"]}
+        result = dict(result, points=[dict(done.get(q["name"]) or fresh[q["name"]], index=i)
+                                      for i, q in enumerate(plan["points"])])
+        ref = done.get(plan["reference"])
+        if ref is not None:
+            result["drift"] = detect_drift([ref["median_ms"], *result["drift"]["reference_medians_ms"]],
+                                           result["drift"]["tolerance"])
     failed = [r for r in result["points"] if r["error_code"] != 0]
     if failed:
+        kept = f" (the {len(store.rows)} measured points are saved in {store.path}: --resume re-measures the rest)" \
+            if store is not None and store.rows else ""
         raise ProfileError(f"{len(failed)} of {len(result['points'])} parts failed on {device.name}, e.g. "
-                           f"{failed[0]['name']}: {failed[0]['error']}")
-    N, p = model.num_tokens, model.num_prefix
+                           f"{failed[0]['name']}: {failed[0]['error']}{kept}")
+    return table_from_result(model, device, result, tokens, model_name=model_name,
+                             meta={"profile_seconds": round(time.time() - t0, 2), "export_seconds": round(export_s, 2),
+                                   "points": len(plan["points"]), "format": fmt, "resumed_points": len(done)})
+
+
+def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: list[int], *, model_name: str = "",
+                      meta: dict | None = None) -> LatencyTable:
+    """Assemble a :class:`LatencyTable` from a runner result (medians interpolated between measured n)."""
+    N = model.num_tokens
     rows = {(r["tags"]["part"], r["tags"].get("tokens")): r for r in result["points"]}
     parts_out = {}
     for part in PARTS:
-        first = p if part == "selector" else 1
-        seq = [rows[(part, max(n, first))] for n in range(1, N + 1)]  # selector below p: copy of n = p (unused)
-        parts_out[part] = {"median_ms": [r["median_ms"] for r in seq], "p90_ms": [r["p90_ms"] for r in seq],
-                           "samples_ms": [r["samples_ms"] for r in seq]}
+        measured = sorted(n for (q, n) in rows if q == part and n is not None)
+        if not measured:
+            continue
+        grid = np.arange(1, N + 1)
+        entry = {}
+        for key in ("median_ms", "p90_ms"):
+            vals = [rows[(part, n)][key] for n in measured]
+            entry[key] = [float(v) for v in np.interp(grid, measured, vals)]  # constant below the first n
+        entry["measured_tokens"] = measured
+        entry["samples_ms"] = {str(n): rows[(part, n)]["samples_ms"] for n in measured}
+        parts_out[part] = entry
     fixed = {name: {k: rows[(name, None)][k] for k in ("median_ms", "p90_ms", "samples_ms")} for name in FIXED_PARTS}
     env = result["environment"]
     return LatencyTable(
@@ -93,5 +182,5 @@ def profile(model: PrunableViT, device: Device, *, model_name: str = "", progres
         device={"name": device.name, "runtime": device.runtime, "runtime_version": env.get("runtime_version"),
                 "threads": device.threads, "environment": env},
         parts=parts_out, fixed=fixed, protocol=result["config"], drift=result["drift"],
-        meta={"profile_seconds": round(time.time() - t0, 2), "points": len(plan["points"]),
-              "reference": result["reference"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        meta={**(meta or {}), "measured_tokens": tokens, "reference": result["reference"],
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

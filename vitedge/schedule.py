@@ -20,9 +20,11 @@ class Schedule:
     """Per-block thresholds chosen by the search.
 
     Attributes:
-        mode: "threshold" (keep = score >= θ_l; NonZero + Gather).
+        mode: "threshold" (keep = score >= θ_l; NonZero + Gather) or "capacity" (exactly K_l patch
+            tokens; rank by counting + one-hot MatMul; static shapes).
         candidates: (L,) candidate indices m_l (0 = keep every token, no selector).
-        thresholds: (L,) θ_l; None where m_l = 0.
+        thresholds: (L,) θ_l; None where m_l = 0 (and in capacity mode).
+        capacities: (L,) K_l; None where m_l = 0 (and in threshold mode).
         budget: the budget searched for, in ``unit`` ("ms" or "flops").
         cost_model: "latency" or "flops".
         predicted: predicted cost (same unit) from the calibration tables (independent blocks).
@@ -34,6 +36,7 @@ class Schedule:
     mode: str
     candidates: list
     thresholds: list
+    capacities: list
     budget: float
     unit: str
     cost_model: str
@@ -44,7 +47,19 @@ class Schedule:
 
     @property
     def keeps_everything(self) -> bool:
-        return all(t is None for t in self.thresholds)
+        return all(t is None for t in self.thresholds) and all(k is None for k in self.capacities)
+
+    def apply(self, model) -> None:
+        """Configure a :class:`~vitedge.models.adapter.PrunableViT` with this schedule."""
+        if self.mode == "capacity":
+            model.set_capacities(self.capacities)
+        else:
+            model.set_thresholds(self.thresholds)
+
+    @property
+    def selectors(self) -> list[bool]:
+        """(L,) whether each block runs a selector."""
+        return [t is not None or k is not None for t, k in zip(self.thresholds, self.capacities)]
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}

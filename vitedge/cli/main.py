@@ -52,15 +52,27 @@ def model_options(fn):
         click.option("--pretrained", is_flag=True, help="download timm's pretrained weights (needs internet)."),
         click.option("--data", default=None, help="calibration images: ImageFolder layout or a flat folder (default: digits calibration split)."),
         click.option("--calib-limit", type=click.IntRange(min=1), default=None, help="use at most this many calibration images."),
-        click.option("--device", default="local", show_default=True, help="target device."),
-        click.option("--runtime", default="onnxruntime", show_default=True, help="runtime on the device."),
-        click.option("--threads", type=click.IntRange(min=0), default=0, help="runtime threads (0: all cores)."),
+        click.option("--device", default="local", show_default=True,
+                     help="target device: a preset (`vitedge devices list`), ssh://[USER@]HOST[:PORT] or adb://[SERIAL]."),
+        click.option("--host", default=None, help="ssh device: [USER@]HOST[:PORT] (e.g. --device rpi4 --host pi@raspberrypi.local)."),
+        click.option("--serial", default=None, help="adb device: the phone's serial (default: the one attached)."),
+        click.option("--device-opt", multiple=True, metavar="KEY=VALUE",
+                     help="device setting overriding the preset (python, identity, ssh_options, affinity, benchmark_model, command, ...)."),
+        click.option("--devices-file", default=None, help="TOML file adding or overriding device presets (default ~/.config/vitedge/devices.toml)."),
+        click.option("--runtime", default=None, help="runtime on the device (default: the preset's, else onnxruntime)."),
+        click.option("--threads", type=click.IntRange(min=0), default=0, help="runtime threads (0: the preset's, else all cores)."),
         click.option("--cache-dir", default=None, help="artifact cache (default $VITEDGE_CACHE or ~/.cache/vitedge)."),
         click.option("--no-cache", is_flag=True, help="recompute calibration and latency table."),
         click.option("--quiet", is_flag=True, help="no progress bars."),
         click.option("--warmup", type=click.IntRange(min=0), default=None, help="untimed runs before timing (default: 5 per profile point, 10 per model)."),
         click.option("--runs", type=click.IntRange(min=1), default=None, help="at least this many timed runs (default: 20 per point, 50 per model)."),
         click.option("--min-time", type=click.FloatRange(min=0), default=None, help="and at least this many timed seconds (default: 0.05 per point, 0.5 per model)."),
+        click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
+                     help="export format (default: the runtime's: onnxruntime -> onnx, litert -> tflite)."),
+        click.option("--mode", type=click.Choice(["threshold", "capacity"]), default=None,
+                     help="pruning: threshold (NonZero, dynamic count) or capacity (exactly K_l tokens, static shapes). Default: capacity for tflite, threshold for onnx."),
+        click.option("--tokens-step", type=click.IntRange(min=1), default=None,
+                     help="static-shape runtimes (LiteRT): profile every k-th token count (default: ~33 points)."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -70,9 +82,17 @@ def model_options(fn):
 def _options(kw: dict, **extra) -> Options:
     from dataclasses import replace
 
+    from ..devices.presets import measure_overrides, parse_setting
+
+    settings = dict(parse_setting(o) for o in kw.get("device_opt") or ())
+    settings.update({k: kw[k] for k in ("host", "serial", "devices_file") if kw.get(k) is not None})
     opts = Options(model=kw["model"], checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], data=kw["data"],
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
-                   cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"], **extra)
+                   cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
+                   device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"), **extra)
+    preset = measure_overrides(kw["device"], kw.get("devices_file"))  # the preset's protocol, then the flags
+    opts.profile_config = replace(opts.profile_config, **preset["profile"])
+    opts.model_config = replace(opts.model_config, **preset["model"])
     knobs = {k: v for k, v in (("warmup", kw["warmup"]), ("min_runs", kw["runs"]), ("min_time_s", kw["min_time"])) if v is not None}
     if knobs:
         opts.profile_config = replace(opts.profile_config, **knobs)
@@ -107,10 +127,15 @@ def calibrate(output, num_candidates, importance, **kw):
 @main.command()
 @model_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="latency table (.json).")
+@click.option("--resume", is_flag=True, help="continue an interrupted profile from OUTPUT.partial.jsonl (points measured so far are kept).")
 @_handle_errors
-def profile(output, **kw):
-    """Measure latency vs. kept tokens of each block part on the device."""
-    ctx = Context(_options(kw), log=_log)
+def profile(output, resume, **kw):
+    """Measure latency vs. kept tokens of each block part on the device (points saved as measured)."""
+    from ..partial import partial_path, refuse_existing
+
+    if not resume:
+        refuse_existing(partial_path(output))  # an interrupted profile's points are never thrown away silently
+    ctx = Context(_options(kw, profile_partial=str(partial_path(output)), resume=resume), log=_log)
     table = ctx.latency_table()
     table.save(output)
     N = table.num_tokens
@@ -135,14 +160,20 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, **kw):
     if (budget_ms is None) == (budget_flops is None):
         raise click.UsageError("give exactly one of --budget-ms or --budget-flops")
     ctx = Context(_options(kw), log=_log)
+    # the table first (a paper's reference table, e.g. zcu102-spvit-deit-s, is checked before calibrating)
+    table = ctx.latency_table(latency_table, allow_reference=True) if budget_ms is not None else None
     cal = ctx.calibration(calibration)
+    planner = None
     if budget_ms is not None:
-        planner = Planner(cal, "latency", ctx.latency_table(latency_table))
+        planner = table.planner(cal) if hasattr(table, "planner") else \
+            Planner(cal, "latency", table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens)
         schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
     else:
         schedule = Planner(cal, "flops").solve(budget_flops)
     schedule.save(output)
     unit = "ms" if budget_ms is not None else "of FLOPs"
+    if hasattr(planner, "explain"):
+        click.echo("\n".join(planner.explain(schedule)))
     click.echo(f"schedule: predicted {schedule.predicted:.3f} {unit}, mean kept tokens per block "
                f"{[round(k, 1) for k in schedule.predicted_kept]} -> {output}")
 
@@ -158,7 +189,7 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, **kw):
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON.")
 @_handle_errors
 def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rounds, as_json, **kw):
-    """The main job: calibrate, profile, search, export to ONNX, and measure it against the budget."""
+    """The main job: calibrate, profile, search, export (ONNX or TFLite), and measure it against the budget."""
     from ..pipeline import run_export
 
     if budget_ms <= 0:
@@ -177,18 +208,27 @@ def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rou
         f"model     {report['model']['name']} ({report['model']['num_tokens']} tokens, {report['model']['depth']} blocks)",
         f"budget    {budget_ms:.3f} ms   measured {m['median']:.3f} ms median (p90 {m['p90']:.3f}, {m['runs']} runs)   "
         f"unpruned {u['median']:.3f} ms   speed-up x{report['speedup']:.2f}   predicted {report['predicted_ms']:.3f} ms",
-        f"kept      mean patch tokens per block {kept}",
+        f"kept      mean patch tokens per block {kept} ({report['mode']} mode, {report['format']})",
         f"parity    max |logit diff| {report['parity']['max_abs_diff']:.1e}, top-1 agreement {report['parity']['top1_agreement']:.3f}",
     ]
+    if "xnnpack" in report:
+        x = report["xnnpack"]
+        lines.append(f"xnnpack   {x['delegated']}/{x['nodes']} nodes delegated in {x['partitions']} partition(s)")
     acc = report["accuracy"]
     if acc.get("available"):
         lines.append(f"accuracy  unpruned {100 * acc['unpruned']:.1f} %  pruned {100 * acc['pruned']:.1f} %  on {acc['count']} images ({acc['images']})")
     else:
         lines.append(f"accuracy  not reported: {acc.get('reason')}")
     lines += [f"note      {n}" for n in report["notes"]]
-    lines.append(f"wrote     {output}/model.onnx, schedule.json, report.json ({report['seconds']:.0f} s)")
+    lines.append(f"wrote     {output}/model.{report['format']}, schedule.json, report.json ({report['seconds']:.0f} s)")
     click.echo("\n".join(lines))
 
+
+from .bench import bench  # noqa: E402  (the latency gate, vitedge/cli/bench.py)
+main.add_command(bench)
+
+from .devices import devices as _devices_group  # noqa: E402  (vitedge devices list|show|check)
+main.add_command(_devices_group)
 
 if __name__ == "__main__":
     main()

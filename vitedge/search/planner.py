@@ -15,6 +15,7 @@ import math
 from .viterbi import BudgetUnreachableError, MonotoneViterbi, _fmt_up, flops_cost_table
 
 COST_MODELS = ("latency", "flops")
+MODES = ("threshold", "capacity")
 
 
 class Planner:
@@ -32,12 +33,19 @@ class Planner:
         ValueError: unknown cost model or missing table; LatencyTableError: table/model mismatch.
     """
 
-    def __init__(self, calibration, cost_model: str = "latency", table: LatencyTable | None = None):
+    def __init__(self, calibration, cost_model: str = "latency", table: LatencyTable | None = None,
+                 mode: str = "threshold", min_patch_tokens: int = 0):
         if cost_model not in COST_MODELS:
             raise ValueError(f"unknown cost model {cost_model!r}: use one of {', '.join(COST_MODELS)}")
-        self.calibration, self.cost_model, self.table = calibration, cost_model, table
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode == "capacity" and cost_model != "latency":
+            raise ValueError("capacity mode searches over measured latency: use --budget-ms with a latency table")
+        self.calibration, self.cost_model, self.table, self.mode = calibration, cost_model, table, mode
         L, M = calibration.thresholds.shape
         meta = calibration.meta
+        self.capacities = None
+        loss = calibration.fisher_loss
         if cost_model == "latency":
             if table is None:
                 raise ValueError("the latency cost model needs a latency table: run `vitedge profile` or pass --latency-table")
@@ -48,7 +56,17 @@ class Planner:
                 raise LatencyTableError(f"latency table is for N={table.num_tokens}, dim={table.model['dim']}, depth={table.model['depth']}; "
                                         f"calibration is for N={meta['num_patches'] + meta['num_prefix']}, dim={meta['dim']}, depth={L}: "
                                         "profile and calibrate the same model")
-            self.cost, self.base = table.candidate_costs(calibration.kept)
+            if mode == "capacity":  # candidates: token counts K measured in the table (exact latency)
+                p, P = meta["num_prefix"], meta["num_patches"]
+                ks = sorted({n - p for n in table.measured_tokens if min_patch_tokens <= n - p <= P} | {P}, reverse=True)
+                self.capacities = np.array(ks, np.int64)
+                from ..calibration.capacity import capacity_loss_table
+
+                loss = capacity_loss_table(calibration.scores, calibration.fisher, self.capacities)
+                kept = np.broadcast_to(self.capacities[None, :, None], (L, len(ks), 1))
+                self.cost, self.base = table.candidate_costs(kept, mode="capacity")
+            else:
+                self.cost, self.base = table.candidate_costs(calibration.kept)
             self.unit = "ms"
             self.full = float(table.predict_ms(np.full(L, meta["num_patches"]), np.zeros(L, bool)))
         else:
@@ -56,7 +74,8 @@ class Planner:
             self.cost, self.base = flops_cost_table(L, M, phi), 0.0
             self.unit = "flops"
             self.full = L * phi
-        self.viterbi = MonotoneViterbi(calibration.fisher_loss, self.cost, unit=self.unit)
+        self.loss = loss
+        self.viterbi = MonotoneViterbi(loss, self.cost, unit=self.unit)
 
     @property
     def min_budget(self) -> float:
@@ -68,9 +87,16 @@ class Planner:
         cal = self.calibration
         L = len(indices)
         idx = [int(i) for i in indices]
-        thr = [None if m == 0 else float(cal.thresholds[l, m]) for l, m in enumerate(idx)]
-        kept = [float(cal.kept[l, m].mean()) for l, m in enumerate(idx)]
-        return Schedule(mode="threshold", candidates=idx, thresholds=thr, budget=float(budget), unit=self.unit,
+        if self.mode == "capacity":
+            caps = [int(self.capacities[m]) for m in idx]
+            thr = [None] * L
+            capacities = [None if m == 0 else k for m, k in zip(idx, caps)]
+            kept = [float(k) for k in caps]
+        else:
+            thr = [None if m == 0 else float(cal.thresholds[l, m]) for l, m in enumerate(idx)]
+            capacities = [None] * L
+            kept = [float(cal.kept[l, m].mean()) for l, m in enumerate(idx)]
+        return Schedule(mode=self.mode, candidates=idx, thresholds=thr, capacities=capacities, budget=float(budget), unit=self.unit,
                         cost_model=self.cost_model, predicted=float(total), predicted_kept=kept, fisher_loss=float(loss),
                         meta={"model_hash": cal.meta.get("model_hash"), "image_set_hash": cal.meta.get("image_set_hash"),
                               "num_candidates": int(cal.thresholds.shape[1]), "num_layers": L,

@@ -4,6 +4,7 @@ All blocks of a ViT have the same shape, so one table per part serves every bloc
 
 - ``attention`` T_att(n): MSA + residual on n tokens, also producing the CLS scores;
 - ``selector``  T_sel(n): threshold + NonZero + Gather on n tokens (profiled keeping all: worst case);
+- ``capacity_selector`` T_cap(n): rank by counting + one-hot MatMul on n tokens (profiled at K = n - p);
 - ``mlp``       T_mlp(n): MLP + residual on n tokens;
 - fixed parts: ``embed`` (image -> N tokens), ``head`` (N tokens -> logits) and ``run_overhead``
   (one runtime call with nothing computed).
@@ -14,6 +15,9 @@ one call. The whole-model prediction is therefore::
     T = o + (embed - o) + sum_l [ (att(n_in_l) - o) + s_l (sel(n_in_l) - o) + (mlp(n_out_l) - o) ] + (head - o)
 
 with o the run overhead, n = prefix + kept patch tokens, s_l = 1 where block l has a selector.
+Runtimes that need static shapes (LiteRT) are measured on a grid of token counts
+(``meta["measured_tokens"]``); the table holds every n = 1..N, linearly interpolated between
+measured points, and the capacity search only uses measured counts (exact latency).
 The file is JSON (format ``vitedge-latency-table``, version 1); raw samples are kept.
 """
 from __future__ import annotations
@@ -27,7 +31,9 @@ import numpy as np
 
 FORMAT = "vitedge-latency-table"
 VERSION = 1
-PARTS = ("attention", "selector", "mlp")
+PARTS = ("attention", "selector", "capacity_selector", "mlp")
+REQUIRED_PARTS = ("attention", "mlp")
+SELECTOR_PART = {"threshold": "selector", "capacity": "capacity_selector"}
 FIXED = ("embed", "head", "run_overhead")
 SHAPE_KEYS = ("dim", "num_heads", "mlp_ratio", "depth", "num_tokens", "num_prefix", "input_size")
 
@@ -63,6 +69,21 @@ class LatencyTable:
         return int(self.model["num_tokens"])
 
     @property
+    def measured_tokens(self) -> list[int]:
+        """Token counts n (prefix included) measured directly; the others are interpolated."""
+        return list(self.meta.get("measured_tokens") or range(1, self.num_tokens + 1))
+
+    def has_part(self, part: str) -> bool:
+        return part in self.parts
+
+    def _selector(self, mode: str) -> str:
+        part = SELECTOR_PART[mode]
+        if part not in self.parts:
+            raise LatencyTableError(f"the latency table ({self.device.get('runtime')}) has no {part} part: "
+                                    f"{mode} mode is not profiled for this runtime; use the other --mode or re-profile")
+        return part
+
+    @property
     def overhead_ms(self) -> float:
         return float(self.fixed["run_overhead"]["median_ms"])
 
@@ -92,13 +113,14 @@ class LatencyTable:
         return (self.overhead_ms + self.fixed_ms("embed") + self.fixed_ms("head")
                 + float(self.part_ms("attention", self.num_tokens)))
 
-    def predict_ms(self, kept: np.ndarray, selectors: np.ndarray | None = None) -> np.ndarray:
+    def predict_ms(self, kept: np.ndarray, selectors: np.ndarray | None = None, mode: str = "threshold") -> np.ndarray:
         """Predicted whole-model latency (ms) for kept patch-token counts.
 
         Args:
             kept: (L,) or (L, D) patch tokens leaving each block (D images).
             selectors: (L,) bool, block has a selector; default: where a block keeps fewer tokens
                 than it received.
+            mode: "threshold" or "capacity" (which selector part is charged).
 
         Returns:
             () or (D,) predicted latency in ms.
@@ -110,10 +132,11 @@ class LatencyTable:
         if selectors is None:
             selectors = (n_out < n_in).any(axis=tuple(range(1, kept.ndim))) if kept.ndim > 1 else n_out < n_in
         sel = np.asarray(selectors, bool).reshape((-1,) + (1,) * (kept.ndim - 1))
-        t = self.part_ms("attention", n_in) + sel * self.part_ms("selector", n_in) + self.part_ms("mlp", n_out)
+        sel_ms = self.part_ms(self._selector(mode), n_in) if sel.any() else 0.0
+        t = self.part_ms("attention", n_in) + sel * sel_ms + self.part_ms("mlp", n_out)
         return self.overhead_ms + self.fixed_ms("embed") + self.fixed_ms("head") + t.sum(axis=0)
 
-    def candidate_costs(self, kept: np.ndarray) -> tuple[np.ndarray, float]:
+    def candidate_costs(self, kept: np.ndarray, mode: str = "threshold") -> tuple[np.ndarray, float]:
         """Cost table for the search, threshold mode (expected over calibration images).
 
         Choosing candidate m at block l makes ``kept[l, m, :]`` patch tokens leave block l; that
@@ -121,7 +144,9 @@ class LatencyTable:
         m > 0 (charged on N tokens: an upper bound, the selector is nearly flat in n).
 
         Args:
-            kept: (L, M, D) kept patch tokens per block, candidate and image (calibration).
+            kept: (L, M, D) kept patch tokens per block, candidate and image (calibration); in
+                capacity mode (L, M, 1) with the capacities K (exact, the same for every image).
+            mode: "threshold" or "capacity" (which selector part is charged).
 
         Returns:
             cost: (L, M) expected ms per candidate; base: ms common to every schedule
@@ -133,7 +158,7 @@ class LatencyTable:
         per_image = self.part_ms("mlp", n)
         per_image[:-1] += self.part_ms("attention", n[:-1])
         cost = per_image.mean(axis=2)
-        cost[:, 1:] += float(self.part_ms("selector", self.num_tokens))
+        cost[:, 1:] += float(self.part_ms(self._selector(mode), self.num_tokens))
         return cost, self.base_ms()
 
     # -- checks and IO -------------------------------------------------------------------------------
@@ -194,7 +219,10 @@ class LatencyTable:
             table = cls(model=d["model"], device=d["device"], parts=d["parts"], fixed=d["fixed"],
                         protocol=d.get("protocol", {}), drift=d.get("drift", {}), meta=d.get("meta", {}))
             N = table.num_tokens
-            for part in PARTS:
+            missing = [p for p in REQUIRED_PARTS if p not in table.parts]
+            if missing or not any(p in table.parts for p in SELECTOR_PART.values()):
+                raise LatencyTableError(f"{path} is missing parts {missing or ['a selector']}: re-run `vitedge profile`")
+            for part in table.parts:
                 for key in ("median_ms", "p90_ms"):
                     if len(table.parts[part][key]) != N:
                         raise LatencyTableError(f"{path}: part {part!r} has {len(table.parts[part][key])} {key} entries, expected {N}: re-run `vitedge profile`")
