@@ -40,6 +40,7 @@ class Options:
     mode: str | None = None          # "threshold" | "capacity"; default: capacity for tflite, threshold for onnx
     format: str | None = None        # "onnx" | "tflite"; default: the device runtime's format
     tokens_step: int | None = None   # token-count grid of static-shape profiles (LiteRT)
+    package_token: bool = False      # SPViT eq. (8): pruned tokens averaged into one extra token
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True
@@ -96,6 +97,7 @@ class Context:
         for w in caught:
             if issubclass(w.category, UserWarning):
                 log(f"warning: {w.message}")
+        self.model.package_token = opts.package_token
         self.is_reference = opts.model in (None, REFERENCE_NAME)  # the digits architecture, any weights
         self.model_hash = model_hash(self.model.vit)
         self.shape = model_shape(self.model)

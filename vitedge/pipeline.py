@@ -172,7 +172,8 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
     cal = ctx.calibration(calibration_path)
     table = ctx.latency_table(table_path)
     mode, artifact = ctx.mode, Artifact(ctx.format)
-    planner = Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens)
+    planner = Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens,
+                      package_token=model.package_token)
     if budget_ms < planner.min_budget:
         planner.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
     notes: list[str] = []
@@ -208,7 +209,7 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
             "predicted_ms": predicted, "search_predicted_ms": schedule.predicted,
             "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
             "speedup": unpruned["median_ms"] / measured["median_ms"],
-            "format": artifact.fmt, "mode": mode,
+            "format": artifact.fmt, "mode": mode, "package_token": model.package_token,
             "schedule": {"mode": schedule.mode, "blocks": blocks, "fisher_loss": schedule.fisher_loss},
             **audit, "parity": parity, "accuracy": accuracy, "rounds": loop.rounds,
             "model": {"name": model.model_name, "hash": ctx.model_hash, **ctx.shape, "has_weights": model.has_weights},

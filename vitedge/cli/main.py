@@ -71,6 +71,8 @@ def model_options(fn):
                      help="export format (default: the runtime's: onnxruntime -> onnx, litert -> tflite)."),
         click.option("--mode", type=click.Choice(["threshold", "capacity"]), default=None,
                      help="pruning: threshold (NonZero, dynamic count) or capacity (exactly K_l tokens, static shapes). Default: capacity for tflite, threshold for onnx."),
+        click.option("--package-token", is_flag=True,
+                     help="append one token averaging the pruned ones, weighted by CLS score (SPViT eq. 8, no training)."),
         click.option("--tokens-step", type=click.IntRange(min=1), default=None,
                      help="static-shape runtimes (LiteRT): profile every k-th token count (default: ~33 points)."),
     ]
@@ -89,7 +91,8 @@ def _options(kw: dict, **extra) -> Options:
     opts = Options(model=kw["model"], checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], data=kw["data"],
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
-                   device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"), **extra)
+                   device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"),
+                   package_token=bool(kw.get("package_token")), **extra)
     preset = measure_overrides(kw["device"], kw.get("devices_file"))  # the preset's protocol, then the flags
     opts.profile_config = replace(opts.profile_config, **preset["profile"])
     opts.model_config = replace(opts.model_config, **preset["model"])
@@ -166,7 +169,8 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, **kw):
     planner = None
     if budget_ms is not None:
         planner = table.planner(cal) if hasattr(table, "planner") else \
-            Planner(cal, "latency", table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens)
+            Planner(cal, "latency", table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
+                    package_token=ctx.model.package_token)
         schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
     else:
         schedule = Planner(cal, "flops").solve(budget_flops)

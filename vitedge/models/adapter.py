@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from .pruning import capacity_select, cls_attention_scores, gather_tokens, threshold_keep_indices
+from .pruning import capacity_select, cls_attention_scores, gather_tokens, package_token, threshold_keep_indices
 
 
 class UnsupportedModelError(ValueError):
@@ -79,13 +79,18 @@ class PrunableBlock(Block):
         """MLP with residual: (B, n, C) -> (B, n, C)."""
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
-    def select(self, x: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C)."""
-        return gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix, keep_best=bool(self.min_keep)))
+    def select(self, x: torch.Tensor, scores: torch.Tensor, threshold: float, package: bool = False) -> torch.Tensor:
+        """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C) [+ 1 package token]."""
+        kept = gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix, keep_best=bool(self.min_keep)))
+        if not package:
+            return kept
+        theta = torch.minimum(torch.as_tensor(threshold, dtype=scores.dtype), scores.max()) if self.min_keep else threshold
+        pruned = (scores < theta).to(scores.dtype)  # the tokens the selector dropped
+        return torch.cat([kept, package_token(x[:, self.num_prefix:], scores, pruned)], dim=1)
 
-    def select_capacity(self, x: torch.Tensor, scores: torch.Tensor, capacity: int) -> torch.Tensor:
-        """Capacity selector (static shapes, any batch): (B, N, C), (B, N - p) -> (B, p + K, C)."""
-        return capacity_select(x, scores, capacity, self.num_prefix)
+    def select_capacity(self, x: torch.Tensor, scores: torch.Tensor, capacity: int, package: bool = False) -> torch.Tensor:
+        """Capacity selector (static shapes, any batch): (B, N, C), (B, N - p) -> (B, p + K, C) [+ 1 package token]."""
+        return capacity_select(x, scores, capacity, self.num_prefix, package=package)
 
 
 @dataclass
@@ -149,6 +154,7 @@ class PrunableViT(nn.Module):
             blk.min_keep = self.min_patch_tokens
         self.thresholds: list[float | None] = [None] * len(vit.blocks)
         self.capacities: list[int | None] = [None] * len(vit.blocks)
+        self.package_token = False  # SPViT eq. (8): append one token that averages the pruned ones
 
     # -- shape facts used by tables, calibration and export ------------------------------------------
     @property
@@ -252,10 +258,11 @@ class PrunableViT(nn.Module):
             else:
                 tokens, scores = blk.attention_part(tokens, mask)
                 if theta is not None:
-                    tokens = blk.select(tokens, scores, theta)
+                    tokens = blk.select(tokens, scores, theta, package=self.package_token)
                     static = False
-                elif cap is not None:
-                    tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix))  # never more than present
+                elif cap is not None:  # never more than present
+                    tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix),
+                                                 package=self.package_token)
                 tokens = blk.mlp_part(tokens)
             out.scores.append(scores)
             if static:  # a constant in the exported graph (no op)

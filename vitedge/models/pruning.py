@@ -121,7 +121,31 @@ def capacity_gather_matrix(scores: torch.Tensor, capacity: int) -> torch.Tensor:
     return same * keep.unsqueeze(-2)
 
 
-def capacity_select(x: torch.Tensor, scores: torch.Tensor, capacity: int, num_prefix: int) -> torch.Tensor:
-    """Keep the prefix tokens and the ``capacity`` best patch tokens: (B, N, C) -> (B, p + K, C)."""
+def capacity_select(x: torch.Tensor, scores: torch.Tensor, capacity: int, num_prefix: int,
+                    package: bool = False) -> torch.Tensor:
+    """Keep the prefix tokens and the ``capacity`` best patch tokens: (B, N, C) -> (B, p + K, C),
+    or (B, p + K + 1, C) with the ``package`` token (SPViT eq. (8)) appended."""
     gather = capacity_gather_matrix(scores, capacity)
-    return torch.cat([x[:, :num_prefix], gather @ x[:, num_prefix:]], dim=1)
+    patches = x[:, num_prefix:]
+    parts = [x[:, :num_prefix], gather @ patches]
+    if package:
+        parts.append(package_token(patches, scores, 1.0 - gather.sum(dim=-2)))
+    return torch.cat(parts, dim=1)
+
+
+def package_token(x_patch: torch.Tensor, scores: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """SPViT eq. (8), retraining-free: the pruned tokens averaged with their scores as weights.
+
+    P = sum_i s_i x_i / sum_i s_i over the pruned tokens i (SPViT weights by the learned keep
+    probability; without training, the CLS-attention score stands in for it). MatMul only.
+
+    Args:
+        x_patch: (B, P, C) patch tokens before selection.
+        scores: (B, P) their scores.
+        pruned: (B, P) 1.0 for pruned tokens, 0.0 for kept ones (float).
+
+    Returns:
+        (B, 1, C); zeros when nothing is pruned.
+    """
+    w = (scores * pruned).unsqueeze(-2)                      # (B, 1, P)
+    return (w @ x_patch) / (w.sum(dim=-1, keepdim=True) + 1e-12)

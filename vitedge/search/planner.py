@@ -28,13 +28,18 @@ class Planner:
             "flops" -- RCTP's cost[l, m] = (1 - m/M) φ_BLK(N) (eq. (5), (7)), budget as a fraction R
             of the unpruned blocks' FLOPs (R = 1 - C of the paper).
         table: the latency table (required for "latency").
+        mode: "threshold" (candidates: the calibration's M thresholds, cost expected over images) or
+            "capacity" (candidates: token counts K measured in the table, exact cost; loss: FI of the
+            tokens outside each image's top K, :func:`~vitedge.calibration.capacity.capacity_loss_table`).
+        min_patch_tokens: smallest K allowed (1 for heads that pool patch tokens).
+        package_token: candidates that prune carry one more token (SPViT eq. (8)).
 
     Raises:
         ValueError: unknown cost model or missing table; LatencyTableError: table/model mismatch.
     """
 
     def __init__(self, calibration, cost_model: str = "latency", table: LatencyTable | None = None,
-                 mode: str = "threshold", min_patch_tokens: int = 0):
+                 mode: str = "threshold", min_patch_tokens: int = 0, package_token: bool = False):
         if cost_model not in COST_MODELS:
             raise ValueError(f"unknown cost model {cost_model!r}: use one of {', '.join(COST_MODELS)}")
         if mode not in MODES:
@@ -63,10 +68,14 @@ class Planner:
                 from ..calibration.capacity import capacity_loss_table
 
                 loss = capacity_loss_table(calibration.scores, calibration.fisher, self.capacities)
-                kept = np.broadcast_to(self.capacities[None, :, None], (L, len(ks), 1))
+                kept = np.broadcast_to(self.capacities[None, :, None], (L, len(ks), 1)).copy()
+                kept[:, 1:] += int(package_token)  # the package token travels with the kept ones
                 self.cost, self.base = table.candidate_costs(kept, mode="capacity")
             else:
-                self.cost, self.base = table.candidate_costs(calibration.kept)
+                kept = calibration.kept.astype(np.int64)
+                if package_token:
+                    kept[:, 1:] = np.minimum(kept[:, 1:] + 1, meta["num_patches"])
+                self.cost, self.base = table.candidate_costs(kept)
             self.unit = "ms"
             self.full = float(table.predict_ms(np.full(L, meta["num_patches"]), np.zeros(L, bool)))
         else:
