@@ -228,6 +228,44 @@ def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rou
     click.echo("\n".join(lines))
 
 
+@main.group()
+def tables():
+    """Latency tables: plot them."""
+
+
+@tables.command("plot")
+@click.argument("table_path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="image (.png).")
+@_handle_errors
+def tables_plot(table_path, output):
+    """Latency vs kept tokens per part (median, p90 band), plateaus shaded."""
+    from ..plots import plot_table
+    from ..tables.latency import LatencyTable
+
+    info = plot_table(LatencyTable.load(table_path), output)
+    spans = ", ".join(f"{a}-{b}" for a, b in info["plateaus"]) or "none"
+    click.echo(f"plateaus (attention + mlp within 2 %) at n = {spans} -> {output}")
+
+
+@main.command("report")
+@click.argument("report_path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="image (.png).")
+@_handle_errors
+def report_cmd(report_path, output):
+    """Plot an export report: kept tokens per block; predicted vs measured latency."""
+    from ..plots import plot_report
+
+    try:
+        report = json.loads(Path(report_path).read_text())
+        report["schedule"]["blocks"], report["budget_ms"], report["unpruned_ms"]["median"]
+    except FileNotFoundError:
+        raise ValueError(f"report {report_path} does not exist: run `vitedge export` first") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{report_path} is not a vitedge export report (report.json)") from None
+    plot_report(report, output)
+    click.echo(f"-> {output}")
+
+
 from .bench import bench  # noqa: E402  (the latency gate, vitedge/cli/bench.py)
 main.add_command(bench)
 
