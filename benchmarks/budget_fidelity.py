@@ -2,6 +2,7 @@
 
     python benchmarks/budget_fidelity.py                                   # reference + vit_small_patch16_224
     python benchmarks/budget_fidelity.py --models vitedge-digits-vit --budgets 3 --quick   # smoke
+    python benchmarks/budget_fidelity.py --format tflite --models vitedge-digits-vit       # LiteRT, capacity mode
 
 For each model: measure the unpruned ONNX export, then run the main job (``run_export``) at budgets
 from --lo to --hi of the unpruned median, and record measured median / budget (target [0.90, 1.00])
@@ -9,7 +10,7 @@ and the latency table's prediction (sum of parts, real kept counts) vs the measu
 +-5 %). For the reference model also: accuracy on the digits test split, next to constant Top-K
 (RCTP's baseline: r fewer tokens per block, sort-free capacity export) at the same measured latency
 (linear interpolation on the Top-K latency/accuracy curve measured in this run).
-Writes benchmarks/results/budget_fidelity.{json,md,png}.
+Writes benchmarks/results/budget_fidelity.{json,md,png} (``--format tflite``: budget_fidelity_tflite.*).
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ import torch
 from _common import RESULTS, environment, md_table, save_plot, write_results
 from vitedge.context import Context, MeasureConfig, Options
 from vitedge.data.digits import digits_split
-from vitedge.exporters.graphs import export_pruned, export_unpruned
+from vitedge.exporters.graphs import export_pruned
 from vitedge.models.reference import REFERENCE_NAME
-from vitedge.pipeline import BudgetNotMetError, run_export
+from vitedge.pipeline import Artifact, BudgetNotMetError, run_export
 from vitedge.search import BudgetUnreachableError
 
 
@@ -60,15 +61,17 @@ def top_k_at(rows: list[dict], latency: float) -> float | None:
 
 def run_model(name: str, args, work: Path) -> dict:
     opts = Options(model=name, progress=False, cache_dir=str(work / "cache"),
-                   calib_limit=args.calib_limit if name != REFERENCE_NAME else None)
+                   calib_limit=args.calib_limit if name != REFERENCE_NAME else None,
+                   format=args.format, mode=args.mode, tokens_step=args.tokens_step)
     if args.quick:
         opts.profile_config = MeasureConfig(warmup=2, min_runs=5, min_time_s=0.0)
         opts.model_config = MeasureConfig(warmup=3, min_runs=10, min_time_s=0.05)
     ctx = Context(opts, log=lambda m: print(f"[{name}] {m}", flush=True))
     ctx.calibration()
     table = ctx.latency_table()
-    export_unpruned(ctx.model, work / f"{name}-unpruned.onnx")
-    unpruned = ctx.device.measure_model(work / f"{name}-unpruned.onnx", ctx.feeds())["median_ms"]
+    art = Artifact(ctx.format)
+    art.export(ctx.model, work / f"{name}-unpruned{art.suffix}", pruned=False)
+    unpruned = ctx.device.measure_model(work / f"{name}-unpruned{art.suffix}", ctx.feeds())["median_ms"]
     print(f"[{name}] unpruned {unpruned:.3f} ms", flush=True)
     runs = []
     for frac in np.linspace(args.lo, args.hi, args.budgets):
@@ -89,7 +92,7 @@ def run_model(name: str, args, work: Path) -> dict:
         runs.append(row)
     result = {"model": name, "unpruned_ms": unpruned, "table_profile_seconds": table.meta.get("profile_seconds"),
               "table_drift": table.drift, "runs": runs}
-    if name == REFERENCE_NAME:
+    if name == REFERENCE_NAME and args.format == "onnx":
         result["top_k"] = constant_top_k(ctx, work, max_r=args.max_r)
         for row in runs:
             if "measured_ms" in row:
@@ -97,8 +100,9 @@ def run_model(name: str, args, work: Path) -> dict:
     return result
 
 
-def report(results: list[dict]) -> str:
-    md = ["# Budget fidelity (local CPU, ONNX Runtime)\n",
+def report(results: list[dict], args) -> str:
+    runtime = "ONNX Runtime" if args.format == "onnx" else "LiteRT (XNNPACK)"
+    md = [f"# Budget fidelity (local CPU, {runtime}, {args.mode or ('threshold' if args.format == 'onnx' else 'capacity')} mode)\n",
           "measured = median latency of the exported model on the calibration images; "
           "predicted = latency table (sum of parts) with the real kept counts. Target: ratio in [0.90, 1.00], error within ±5 %.\n"]
     for res in results:
@@ -153,14 +157,18 @@ def main() -> None:
     p.add_argument("--max-r", type=int, default=10, help="largest r of the constant Top-K sweep")
     p.add_argument("--calib-limit", type=int, default=64, help="calibration images for non-reference models")
     p.add_argument("--quick", action="store_true", help="short measurements (smoke test)")
+    p.add_argument("--format", choices=["onnx", "tflite"], default="onnx")
+    p.add_argument("--mode", choices=["threshold", "capacity"], default=None, help="default: the format's")
+    p.add_argument("--tokens-step", type=int, default=None, help="LiteRT token grid")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_model(name, args, Path(tmp)) for name in args.models]
     data = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
-    write_results("budget_fidelity", data, report(results), args.out)
-    plot(results, args.out / "budget_fidelity.png")
-    print(report(results))
+    name = "budget_fidelity" if args.format == "onnx" else f"budget_fidelity_{args.format}"
+    write_results(name, data, report(results, args), args.out)
+    plot(results, args.out / f"{name}.png")
+    print(report(results, args))
 
 
 if __name__ == "__main__":
