@@ -90,9 +90,10 @@ class ClosedLoop:
 
     The search budget ``target`` starts at the user's budget. Each round: (1) real per-block kept
     counts of the pruned PyTorch model on the calibration images (pruning compounds across blocks,
-    which the per-block calibration counts ignore) re-predict the latency from the table and re-aim
-    ``target`` up to 3 times without exporting; (2) the model is exported and measured on the
-    device; the measured median re-aims ``target`` multiplicatively towards AIM x budget.
+    which the per-block calibration counts ignore) re-predict the latency from the table, and
+    ``target`` is re-aimed (up to 3 times, without exporting) until that prediction, times the
+    table's bias (measured / predicted of the last round, 1 at first), is AIM x budget; (2) the
+    model is exported and measured on the device, which updates the bias.
     """
 
     def __init__(self, ctx: Context, planner: Planner, workdir: Path, artifact: Artifact, *, max_rounds: int = 5, log=print):
@@ -119,14 +120,15 @@ class ClosedLoop:
         return min(max(goal / value, 1 / MAX_STEP), MAX_STEP)
 
     def run(self, budget: float) -> tuple[Schedule, Path, dict]:
-        target, best = budget, None
+        target, best, bias = budget, None, 1.0   # bias: measured / predicted, learned each round
         for r in range(self.max_rounds):
+            goal = AIM * budget / bias            # what the table should predict for AIM x budget measured
             for _ in range(3):
                 schedule, target = self._solve(target)
                 realised, kept = self._realised(schedule)
-                if abs(realised - AIM * budget) <= 0.03 * budget or schedule.keeps_everything:
+                if abs(realised - goal) <= 0.03 * goal or schedule.keeps_everything:
                     break
-                target *= self._step(AIM * budget, realised)
+                target *= self._step(goal, realised)
             path = self.workdir / f"round{r}{self.artifact.suffix}"
             schedule.apply(self.ctx.model)
             self.artifact.export(self.ctx.model, path)
@@ -140,7 +142,7 @@ class ClosedLoop:
                 best = (schedule, path, m)
             if best is not None and best[2]["median_ms"] >= ACCEPT_LOW * budget:
                 break
-            target *= self._step(AIM * budget, med)
+            bias = min(max(med / realised, 1 / MAX_STEP), MAX_STEP) if realised > 0 else 1.0
         if best is None:
             raise BudgetNotMetError(f"measured {min(x['measured_ms'] for x in self.rounds):.3f} ms > budget {budget:.3f} ms "
                                     f"after {len(self.rounds)} rounds: the device is slower than its table (re-profile with --no-cache) "
