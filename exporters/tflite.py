@@ -115,6 +115,9 @@ def op_counts(path) -> dict[str, int]:
     buf = Path(path).read_bytes()
     try:
         model = fb.Model.GetRootAsModel(buf, 0)
+        if not fb.Model.ModelBufferHasIdentifier(buf, 0):
+            raise ValueError("no TFL3 file identifier")
+        fb.ModelT.InitFromObj(model)  # walks every table and vector: a truncated file fails here
         names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
         codes = []
         for i in range(model.OperatorCodesLength()):

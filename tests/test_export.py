@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 
 from conftest import CLASSES, NUM_PATCHES, make_tiny_vit
 from vitedge.data.digits import ImageSet
-from vitedge.exporters.graphs import FIXED_PARTS, PARTS, export_parts, export_pruned, export_unpruned
+from vitedge.exporters.graphs import (FIXED_PARTS, PARTS, export_parts, export_pruned, export_unpruned, min_tokens,
+                                      part_inputs, part_module)
 from vitedge.exporters.onnx import ExportError, FORBIDDEN_OPS, OpAuditError, audit_ops, export_onnx
 from vitedge.exporters.validation import ParityError, check_parity
 from vitedge.models.adapter import PrunableViT
@@ -195,16 +196,48 @@ def test_export_onnx_refuses_forbidden_ops_and_keeps_no_file(tmp_path):
 
 # ------------------------------------------------------------------------------ parts
 
+def _part_files(pm):
+    """The files export_parts writes by default: one dynamic-axis file per part, one capacity file per n >= p + 1."""
+    p, N = pm.num_prefix, pm.num_tokens
+    files = {(part, None): f"{part}.onnx" for part in (*PARTS, *FIXED_PARTS) if part != "capacity_selector"}
+    files.update({("capacity_selector", n): f"capacity_selector_n{n}.onnx" for n in range(p + 1, N + 1)})
+    return files
+
+
 def test_export_parts_files(parts_export):
     pm, folder, parts = parts_export
-    assert set(parts) == set(PARTS) | set(FIXED_PARTS)
-    assert sorted(os.listdir(folder)) == sorted(f"{name}.onnx" for name in parts)  # 6 files, no temp files
-    for name, part in parts.items():
-        assert part.name == name and part.path == folder / f"{name}.onnx"
-        onnx.checker.check_model(onnx.load(str(part.path)))
-        assert [i.name for i in _session(part.path).get_inputs()] == list(part.inputs)
-    assert parts["selector"].inputs == ("tokens", "scores")
-    assert parts["embed"].inputs == ("image",)
+    expected = _part_files(pm)
+    assert set(parts) == set(expected)
+    assert min(n for part, n in parts if n is not None) == pm.num_prefix + 1 == min_tokens(pm, "capacity_selector")
+    assert sorted(os.listdir(folder)) == sorted(expected.values())  # no temp files
+    for key, path in parts.items():
+        assert path == folder / expected[key]
+        onnx.checker.check_model(onnx.load(str(path)))
+        part, n = key
+        names = list(part_inputs(pm, part, n or pm.num_tokens))
+        assert [i.name for i in _session(path).get_inputs()] == names
+    assert list(part_inputs(pm, "selector", 5)) == ["tokens", "scores"]
+    assert list(part_inputs(pm, "embed", 5)) == ["image"]
+
+
+def test_export_parts_subset_of_tokens(distilled, tmp_path):
+    pm = distilled[0]
+    p, N = pm.num_prefix, pm.num_tokens
+    parts = export_parts(pm, tmp_path, parts=("capacity_selector",), tokens=[1, p, p + 1, 9, N])
+    # n below p + 1 (no patch token) is never exported; the fixed parts always are
+    assert set(parts) == {("capacity_selector", n) for n in (p + 1, 9, N)} | {(f, None) for f in FIXED_PARTS}
+    assert sorted(os.listdir(tmp_path)) == sorted([f"capacity_selector_n{n}.onnx" for n in (p + 1, 9, N)]
+                                                  + [f"{f}.onnx" for f in FIXED_PARTS])
+
+
+def test_dynamic_part_files_take_any_n_capacity_files_one(parts_export):
+    pm, _, parts = parts_export
+    C, p = pm.dim, pm.num_prefix
+    sess = _session(parts[("attention", None)])
+    assert [i.shape for i in sess.get_inputs()] == [[1, "n", C]]  # one file for every n
+    for n in (p + 1, 9, pm.num_tokens):
+        cap = _session(parts[("capacity_selector", n)])
+        assert [i.shape for i in cap.get_inputs()] == [[1, n, C], [1, n - p]]  # static shapes, one file per n
 
 
 @pytest.mark.parametrize("n", [5, 13])
@@ -214,34 +247,42 @@ def test_attention_part_matches_torch_on_n_tokens(parts_export, n):
     tok = torch.randn(1, n, pm.dim, generator=g)
     with torch.no_grad():
         ref_out, ref_scores = pm.vit.blocks[0].attention_part(tok)
-    out, scores = _session(parts["attention"].path).run(None, {"tokens": tok.numpy()})
+    out, scores = _session(parts[("attention", None)]).run(None, {"tokens": tok.numpy()})
     assert out.shape == (1, n, pm.dim) and scores.shape == (1, n - pm.num_prefix)
     np.testing.assert_allclose(out, ref_out.numpy(), atol=1e-5)
     np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("n", [4, 18])
+@pytest.mark.parametrize("n", [3, 18])
 def test_selector_mlp_head_parts_on_n_tokens(parts_export, n):
     pm, _, parts = parts_export
     p = pm.num_prefix
     g = torch.Generator().manual_seed(100 + n)
     tok = torch.randn(1, n, pm.dim, generator=g)
     scores = torch.rand(1, n - p, generator=g)
-    (sel,) = _session(parts["selector"].path).run(None, {"tokens": tok.numpy(), "scores": scores.numpy()})
-    np.testing.assert_array_equal(sel, tok.numpy())  # exported with threshold 0.0: every token kept
-    (mlp,) = _session(parts["mlp"].path).run(None, {"tokens": tok.numpy()})
-    (head,) = _session(parts["head"].path).run(None, {"tokens": tok.numpy()})
-    (ovh,) = _session(parts["run_overhead"].path).run(None, {"tokens": tok.numpy()})
+    (sel,) = _session(parts[("selector", None)]).run(None, {"tokens": tok.numpy(), "scores": scores.numpy()})
+    np.testing.assert_array_equal(sel, tok.numpy())  # exported keeping every token (worst case)
+    (cap,) = _session(parts[("capacity_selector", n)]).run(None, {"tokens": tok.numpy(), "scores": scores.numpy()})
+    np.testing.assert_array_equal(cap, tok.numpy())  # K = n - p: every token, in token order
+    (mlp,) = _session(parts[("mlp", None)]).run(None, {"tokens": tok.numpy()})
+    (head,) = _session(parts[("head", None)]).run(None, {"tokens": tok.numpy()})
+    (ovh,) = _session(parts[("run_overhead", None)]).run(None, {"tokens": tok.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(mlp, pm.vit.blocks[0].mlp_part(tok).numpy(), atol=1e-5)
         np.testing.assert_allclose(head, pm.head(tok).numpy(), atol=1e-5)
     assert ovh.shape == (1, 1, 1)
 
 
+def test_capacity_selector_part_file_is_sort_free(parts_export):
+    pm, _, parts = parts_export
+    ops = audit_ops(onnx.load(str(parts[("capacity_selector", pm.num_tokens)])))
+    assert "MatMul" in ops and not (set(ops) & {"NonZero", "TopK", "GreaterOrEqual", "Greater", "Less", "Equal", "CumSum"})
+
+
 def test_embed_part_matches_torch(parts_export):
     pm, _, parts = parts_export
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    (out,) = _session(parts["embed"].path).run(None, {"image": x.numpy()})
+    (out,) = _session(parts[("embed", None)]).run(None, {"image": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(out, pm.embed(x).numpy(), atol=1e-5)
     assert out.shape == (1, pm.num_tokens, pm.dim)
@@ -249,11 +290,16 @@ def test_embed_part_matches_torch(parts_export):
 
 def test_selector_part_threshold_prunes(distilled, tmp_path):
     pm = distilled[0]
-    parts = export_parts(pm, tmp_path, selector_threshold=0.5)
+    path = tmp_path / "selector.onnx"
+    args = tuple(torch.zeros(s) for s in part_inputs(pm, "selector", pm.num_tokens).values())
+    export_onnx(part_module(pm, "selector", selector_threshold=0.5), args, path, input_names=["tokens", "scores"],
+                output_names=["out"], dynamic_axes={"tokens": {1: "n"}, "scores": {1: "P"}, "out": {1: "k"}})
     tok = torch.randn(1, 6, pm.dim)
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.2]])
-    (sel,) = _session(parts["selector"].path).run(None, {"tokens": tok.numpy(), "scores": scores.numpy()})
+    (sel,) = _session(path).run(None, {"tokens": tok.numpy(), "scores": scores.numpy()})
     np.testing.assert_array_equal(sel, tok[:, [0, 1, 2, 4]].numpy())  # prefix 0, 1 + patches with score >= 0.5
+    with torch.no_grad():  # the default part module keeps every token
+        assert torch.equal(part_module(pm, "selector")(tok, scores), tok)
 
 
 def test_capacity_export_is_sort_free_and_matches(tmp_path):

@@ -57,7 +57,7 @@ def test_table_has_every_part_at_every_n(table, tiny):
             samples = entry["samples_ms"][str(n)]
             assert len(samples) >= FAST.min_runs and all(s > 0 for s in samples)
             assert med[n - 1] == pytest.approx(float(np.median(samples)))  # raw samples back the median
-    assert table.meta["measured_tokens"] == list(range(1, N + 1))  # onnxruntime: the whole grid
+    assert table.meta["measured_tokens"] == list(range(p + 1, N + 1))  # onnxruntime: every n with a patch token
     assert table.meta["format"] == "onnx"
 
 
@@ -224,7 +224,7 @@ def test_profile_on_a_token_grid_interpolates(tiny, tmp_path):
     t = profile(tiny, _FakeDevice(), progress=False, tokens_step=4, workdir=tmp_path)
     grid = [1, 2, 5, 9, 13, 17]                     # range(1, 18, 4) plus p + 1
     measured = [2, 5, 9, 13, 17]                    # n = 1 has no patch token: never profiled
-    assert t.meta["measured_tokens"] == grid and t.meta["points"] == 4 * len(measured) + 3
+    assert t.meta["measured_tokens"] == measured and t.meta["points"] == 4 * len(measured) + 3
     assert sorted(p.name for p in tmp_path.glob("capacity_selector_n*.onnx")) == \
         sorted(f"capacity_selector_n{n}.onnx" for n in measured)
     ns = np.arange(1, 18)

@@ -182,5 +182,5 @@ def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: 
         device={"name": device.name, "runtime": device.runtime, "runtime_version": env.get("runtime_version"),
                 "threads": device.threads, "environment": env},
         parts=parts_out, fixed=fixed, protocol=result["config"], drift=result["drift"],
-        meta={**(meta or {}), "measured_tokens": tokens, "reference": result["reference"],
+        meta={**(meta or {}), "measured_tokens": [n for n in tokens if n > model.num_prefix], "reference": result["reference"],
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FORMAT = "vitedge-schedule"
-VERSION = 1
+VERSION = 2  # 2: capacity mode (``capacities``); version 1 files (threshold mode only) still load
 
 
 class ScheduleError(ValueError):
@@ -86,8 +86,10 @@ class Schedule:
             raise ScheduleError(f"schedule {path} does not exist: run `vitedge search` first") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ScheduleError(f"schedule {path} is not valid JSON: re-run `vitedge search`") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
-            raise ScheduleError(f"{path} is not a vitedge schedule (version {VERSION}): re-run `vitedge search`")
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") not in (1, VERSION):
+            raise ScheduleError(f"{path} is not a vitedge schedule (version <= {VERSION}): re-run `vitedge search`")
+        if d.get("version") == 1 and isinstance(d.get("thresholds"), list):
+            d.setdefault("capacities", [None] * len(d["thresholds"]))
         d = {k: v for k, v in d.items() if k not in ("format", "version")}
         try:
             s = cls(**d)

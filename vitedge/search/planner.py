@@ -108,7 +108,8 @@ class Planner:
         return Schedule(mode=self.mode, candidates=idx, thresholds=thr, capacities=capacities, budget=float(budget), unit=self.unit,
                         cost_model=self.cost_model, predicted=float(total), predicted_kept=kept, fisher_loss=float(loss),
                         meta={"model_hash": cal.meta.get("model_hash"), "image_set_hash": cal.meta.get("image_set_hash"),
-                              "num_candidates": int(cal.thresholds.shape[1]), "num_layers": L,
+                              "num_candidates": int(cal.thresholds.shape[1] if self.capacities is None else len(self.capacities)),
+                              "num_layers": L,
                               "device": None if self.table is None else self.table.device.get("name"),
                               "runtime": None if self.table is None else self.table.device.get("runtime"),
                               "threads": None if self.table is None else self.table.device.get("threads")})
