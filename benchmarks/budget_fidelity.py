@@ -19,44 +19,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from _common import RESULTS, environment, md_table, save_plot, write_results
+from _methods import constant_top_k, top_k_at  # shared with pareto.py
 from vitedge.context import Context, MeasureConfig, Options
-from vitedge.data.digits import digits_split
-from vitedge.exporters.graphs import export_pruned
 from vitedge.models.reference import REFERENCE_NAME
 from vitedge.pipeline import Artifact, BudgetNotMetError, run_export
 from vitedge.search import BudgetUnreachableError
-
-
-def constant_top_k(ctx: Context, work: Path, max_r: int) -> list[dict]:
-    """RCTP's constant Top-K: block l keeps P - r (l + 1) patch tokens; capacity (sort-free) export."""
-    model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
-    test = digits_split("test")
-    rows = []
-    for r in range(0, max_r + 1):
-        caps = [max(P - r * (l + 1), 1) for l in range(L)]
-        model.set_capacities([None if k == P else k for k in caps])
-        path = work / f"topk_r{r}.onnx"
-        export_pruned(model, path)
-        m = ctx.device.measure_model(path, ctx.feeds(), name=f"topk_r{r}")
-        with torch.no_grad():
-            pred = np.concatenate([model(torch.from_numpy(test.images[s:s + 100])).argmax(-1).numpy()
-                                   for s in range(0, len(test), 100)])
-        rows.append({"r": r, "capacities": caps, "measured_ms": m["median_ms"], "p90_ms": m["p90_ms"],
-                     "accuracy": float((pred == test.labels).mean())})
-    model.set_thresholds([None] * L)
-    return rows
-
-
-def top_k_at(rows: list[dict], latency: float) -> float | None:
-    """Top-K accuracy at ``latency`` by linear interpolation (None outside the measured range)."""
-    pts = sorted((r["measured_ms"], r["accuracy"]) for r in rows)
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    if latency < xs[0] or latency > xs[-1]:
-        return None
-    return float(np.interp(latency, xs, ys))
 
 
 def run_model(name: str, args, work: Path) -> dict:

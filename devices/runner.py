@@ -29,11 +29,14 @@ Plan JSON::
      "points": [{"name": "attn_t197", "model": "attn.onnx",   # relative to the plan file
                  "inputs": {"x": {"shape": [1, 197, 384], "dtype": "float32"}},
                  "tags": {"part": "attention", "tokens": 197}},      # passed through
-                {"name": "img", "model": "m.onnx", "inputs_npz": "img.npz"}]}
+                {"name": "img", "model": "m.onnx", "inputs_npz": "img.npz"}],
+     "runtime_options": {"binary": "./benchmark_model"}}   # optional: factory keyword arguments
 
 ``inputs`` arrays are seeded standard-normal for float dtypes and zeros otherwise;
-``inputs_npz`` arrays are used as stored (loaded with allow_pickle=False).  Without either,
-the model's input shapes must be static and are filled the same way.
+``inputs_npz`` arrays are used as stored (loaded with allow_pickle=False); a list of npz files
+is cycled round-robin (e.g. several images).  Without either, the model's input shapes must be
+static and are filled the same way.  Self-timed runtimes ("benchmark_model", "command": see
+"self-timed tools" below) add ``statistic`` and ``tool`` to their rows.
 
 Result JSON::
 
@@ -43,8 +46,10 @@ Result JSON::
                  "error", "timestamp", "index" (position in the plan), "model", "tags"}],
      "drift": {"detected", "reference_medians_ms", "max_rel_dev", "tolerance"}}
 
-``points`` are in plan order.  On error median/p90/mad are null.  Exit codes of ``main``:
-0 ok, 1 result could not be written, 2 bad plan (one line on stderr), 3 runtime missing.
+``points`` are in plan order.  On error median/p90/mad are null.  ``--progress-jsonl`` also
+writes each row to stdout as ``{"point": ROW}`` when it is measured (the host's resumable
+profiles).  Exit codes of ``main``: 0 ok, 1 result could not be written, 2 bad plan (one line on
+stderr), 3 runtime missing, 4 the progress stream closed (the host went away).
 """
 from __future__ import annotations
 
@@ -333,7 +338,8 @@ def parse_benchmark_model(text: str) -> dict:
     for ln in reversed(lines[:at]):
         pairs = dict(_STAT_PAIR.findall(ln))
         if "count" in pairs and "avg" in pairs:
-            out.update({f"{k}_us" if k != "count" else k: (int(_num(v)) if k == "count" else _num(v))
+            names = {"count": "count", "first": "first_timed_us"}  # "first_us": the summary's first inference
+            out.update({names.get(k, f"{k}_us"): (int(_num(v)) if k == "count" else _num(v))
                         for k, v in pairs.items()})
             out["avg_us"] = _num(summary["avg"])  # the summary line is authoritative
             break

@@ -65,7 +65,8 @@ def _floats(text: str, what: str) -> tuple:
 @click.option("--min-speedup", type=float, default=None, help="with --expect-faster: required speed-up factor (CI upper < 1/X).")
 @click.option("--budget-ms", type=float, default=None, help="fail when MODEL's median (or --quantile) exceeds this (ms).")
 @click.option("--quantile", type=float, default=0.5, show_default=True, help="quantile for --budget-ms (0.9: p90).")
-@click.option("--max-cv", type=float, default=0.10, show_default=True, help="stability: robust CV limit (1.4826 MAD / median).")
+@click.option("--max-cv", type=float, default=0.05, show_default=True,
+              help="stability: limit of the round medians' robust CV (1.4826 MAD / median).")
 @click.option("--drift-tolerance", type=float, default=0.10, show_default=True, help="stability: round medians may move this much.")
 @click.option("--confidence", type=float, default=0.95, show_default=True, help="two-sided confidence of the intervals.")
 @click.option("--seed", type=int, default=0, show_default=True, help="bootstrap and input seed.")

@@ -168,9 +168,8 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, **kw):
     cal = ctx.calibration(calibration)
     planner = None
     if budget_ms is not None:
-        planner = table.planner(cal) if hasattr(table, "planner") else \
-            Planner(cal, "latency", table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
-                    package_token=ctx.model.package_token)
+        planner = (table.planner if hasattr(table, "planner") else functools.partial(Planner, cost_model="latency", table=table))(
+            cal, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens, package_token=ctx.model.package_token)
         schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
     else:
         schedule = Planner(cal, "flops").solve(budget_flops)

@@ -28,7 +28,7 @@ from importlib import resources
 import numpy as np
 
 from ..search.planner import Planner
-from ..search.viterbi import BudgetUnreachableError, _fmt_up
+from ..search.viterbi import BudgetUnreachableError
 from .latency import LatencyTableError
 
 FORMAT = "vitedge-reference-table"
@@ -83,6 +83,12 @@ class ReferenceTable:
     def max_rate(self) -> float:
         return float(self.rates[-1])
 
+    @property
+    def measured_tokens(self) -> list:
+        """Token counts inside the table (capacity mode's candidates): N(1 - max_rate) .. N."""
+        n_min = math.ceil(self.num_tokens * (1 - self.max_rate) - 1e-9)
+        return list(range(n_min, self.num_tokens + 1))
+
     def citation(self) -> str:
         s = self.source
         return f"{s['paper']} ({s['venue']}, arXiv:{s['arxiv']}), {s['table'].split(':')[0]}"
@@ -126,10 +132,11 @@ class ReferenceTable:
         """Block 1 on all N tokens: the part no schedule changes."""
         return float(self.block_ms[0])
 
-    def candidate_costs(self, kept: np.ndarray) -> tuple:
+    def candidate_costs(self, kept: np.ndarray, mode: str = "threshold") -> tuple:
         """cost[l, m]: expected ms (over calibration images) of block l+1 receiving the tokens that
         candidate m keeps in block l; 0 for the last block.  Excluded candidates (:meth:`covered`)
-        get the boundary row's cost, only to stay finite: :class:`ReferencePlanner` never picks them."""
+        get the boundary row's cost, only to stay finite: :class:`ReferencePlanner` never picks them.
+        ``mode`` ("threshold" or "capacity": kept (L, M, 1) = K) changes nothing: selectors are free."""
         kept = np.asarray(kept, np.int64)
         n = kept + int(self.model["num_prefix"])
         cost = self.block_latency(n, clamp=True).mean(axis=2)
@@ -151,8 +158,10 @@ class ReferenceTable:
                     f"{source} is for {m['name']} (dim {m['dim']}, {m['depth']} blocks, {m['num_tokens']} tokens), this "
                     f"model has {key}={shape[key]}: pass --model {m['name']}")
 
-    def planner(self, calibration) -> "ReferencePlanner":
-        return ReferencePlanner(calibration, self)
+    def planner(self, calibration, mode: str | None = None, **kwargs) -> "ReferencePlanner":
+        """A planner on this table; ``mode`` "threshold" (default) or "capacity" (exact K tokens per
+        block: the rate is exact, candidates are the token counts inside the table)."""
+        return ReferencePlanner(calibration, self, mode=mode or "threshold", **kwargs)
 
 
 class ReferencePlanner(Planner):
@@ -160,14 +169,24 @@ class ReferencePlanner(Planner):
     table get a prohibitive loss (the Viterbi takes them only if nothing covered fits), and a
     schedule that still needs one is refused with the smallest budget the table covers."""
 
-    def __init__(self, calibration, table: ReferenceTable):
+    def __init__(self, calibration, table: ReferenceTable, mode: str = "threshold", min_patch_tokens: int = 0,
+                 package_token: bool = False):
         self.reference = table
-        self.covered = table.covered(calibration.kept)
+        self._accepted_min = None
+        if mode == "capacity":  # candidates are token counts inside the table: all covered, rates exact
+            super().__init__(calibration, "latency", table, mode="capacity", min_patch_tokens=min_patch_tokens,
+                             package_token=package_token)
+            self.covered = np.ones(self.cost.shape, bool)
+            return
+        kept = calibration.kept.astype(np.int64)
+        if package_token:
+            kept[:, 1:] = np.minimum(kept[:, 1:] + 1, calibration.meta["num_patches"])
+        self.covered = table.covered(kept)
         loss = np.asarray(calibration.fisher_loss, np.float64)
         penalty = (loss.shape[0] + 1) * (float(loss.max()) + 1.0)
-        super().__init__(replace(calibration, fisher_loss=np.where(self.covered, loss, penalty)), "latency", table)
+        super().__init__(replace(calibration, fisher_loss=np.where(self.covered, loss, penalty)), "latency", table,
+                         mode=mode, min_patch_tokens=min_patch_tokens, package_token=package_token)
         self.calibration = calibration
-        self._accepted_min = None
 
     def _is_covered(self, indices) -> bool:
         return all(self.covered[l, int(m)] for l, m in enumerate(indices))
@@ -199,10 +218,11 @@ class ReferencePlanner(Planner):
 
     def _refuse(self, budget: float):
         need = self.min_budget
+        up = f"{math.ceil(need * 100) / 100:.2f}"  # accepted: every budget >= need
         raise BudgetUnreachableError(
-            f"budget {budget:.4g} ms is below the smallest {_fmt_up(need)} ms that the reference table {self.reference.name} "
+            f"budget {budget:.4g} ms is below the smallest {up} ms that the reference table {self.reference.name} "
             f"covers (pruning rates up to {self.reference.max_rate:g}, blocks only; no extrapolation beyond the table): "
-            f"raise --budget-ms to at least {_fmt_up(need)}", need)
+            f"raise --budget-ms to at least {up}", need)
 
     def solve(self, budget: float):
         if not np.isfinite(budget) or budget <= 0:
@@ -229,14 +249,21 @@ class ReferencePlanner(Planner):
         the selector chosen inside it (candidate, threshold, mean kept patch tokens)."""
         t, cal = self.reference, self.calibration
         p, N, L = int(t.model["num_prefix"]), t.num_tokens, cal.kept.shape[0]
+        if self.mode == "capacity":  # exact K_l patch tokens: one "image"
+            kept_of = lambda l: np.array([self.capacities[schedule.candidates[l]]])  # noqa: E731
+        else:
+            kept_of = lambda l: cal.kept[l, schedule.candidates[l]]  # noqa: E731
         lines = [f"schedule on reference table {t.name} ({t.citation()}): block latency interpolated linearly between "
                  f"the rows at pruning rates {t.rates[0]:g}..{t.max_rate:g}",
-                 f"{'block':>5} {'tokens in':>9} {'rate':>6} {'block ms':>9}   {'candidate':>9} {'threshold':>10} {'kept patches':>12}"]
+                 f"{'block':>5} {'tokens in':>9} {'rate':>6} {'block ms':>9}   {'candidate':>9} {'selector':>10} {'kept patches':>12}"]
         for l in range(L):
-            n_in = np.full(cal.kept.shape[2], N) if l == 0 else cal.kept[l - 1, schedule.candidates[l - 1]] + p
+            n_in = np.array([N]) if l == 0 else kept_of(l - 1) + p
             ms = float(t.block_latency(n_in).mean())
             m = schedule.candidates[l]
-            thr = "-" if schedule.thresholds[l] is None else f"{schedule.thresholds[l]:.4g}"
+            if self.mode == "capacity":
+                thr = "-" if schedule.capacities[l] is None else f"K={schedule.capacities[l]}"
+            else:
+                thr = "-" if schedule.thresholds[l] is None else f"{schedule.thresholds[l]:.4g}"
             lines.append(f"{l + 1:>5} {n_in.mean():>9.1f} {float(t.rate(n_in).mean()):>6.3f} {ms:>9.3f}   {m:>9} "
                          f"{thr:>10} {schedule.predicted_kept[l]:>12.1f}")
         lines.append(f"{'sum':>5} {'':>9} {'':>6} {schedule.predicted:>9.3f}   (budget {schedule.budget:g} ms; unpruned "

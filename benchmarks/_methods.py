@@ -1,0 +1,348 @@
+"""Baselines and curve arithmetic shared by the benchmark scripts (budget_fidelity.py, pareto.py).
+
+- constant Top-K (RCTP's baseline): block l keeps K_l = P - r (l + 1) patch tokens by CLS attention,
+  exported with vitedge's sort-free capacity gather;
+- random tokens at the same constant counts (a sanity floor): the same capacity graph, the scores
+  replaced by seeded random numbers (same selection cost);
+- POMT-style single pruning site: keep K patch tokens at block l only, utility
+  0.5 (1 - L / Lmax) + 0.5 (A / Amax) as in the POMT code;
+- ToMe (Bolya et al., ICLR 2023), **our re-implementation** of its bipartite soft matching for timm
+  blocks (the ``tome`` package is not installable offline; PyPI's ``tome`` is an unrelated project):
+  r tokens merged per block between attention and MLP, size-weighted average, optional proportional
+  attention. Its matching sorts (argsort), so it cannot be exported sort-free: PyTorch eager only;
+- interpolation on accuracy/latency curves (Pareto front, latency at a target accuracy).
+
+Nothing here edits the library: the forwards below call the public pieces of
+:class:`~vitedge.models.adapter.PrunableViT` (``embed``, ``attention_part``, ``select_capacity``,
+``mlp_part``, ``head``) and timm's own submodules.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.models.vision_transformer import Block
+
+
+# ---------------------------------------------------------------------------------------- threads
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch with ``n`` intra-op threads inside the block (evaluation at 1 thread is identical
+    in result and avoids oversubscription on a busy machine); restores the previous setting."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------- constant Top-K
+def constant_capacities(P: int, L: int, r: float, min_keep: int = 1) -> list[int]:
+    """RCTP's constant Top-K: block l keeps P - r (l + 1) patch tokens (rounded, at least ``min_keep``)."""
+    return [int(max(round(P - r * (l + 1)), min_keep)) for l in range(L)]
+
+
+def constant_top_k(ctx, work: Path, max_r: int) -> list[dict]:
+    """RCTP's constant Top-K: block l keeps P - r (l + 1) patch tokens; capacity (sort-free) export.
+
+    Exports and measures r = 0..max_r on ``ctx.device``; accuracy on the digits test split (PyTorch).
+    """
+    from vitedge.data.digits import digits_split
+    from vitedge.exporters.graphs import export_pruned
+
+    model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
+    test = digits_split("test")
+    rows = []
+    for r in range(0, max_r + 1):
+        caps = constant_capacities(P, L, r)
+        model.set_capacities([None if k == P else k for k in caps])
+        path = work / f"topk_r{r}.onnx"
+        export_pruned(model, path)
+        m = ctx.device.measure_model(path, ctx.feeds(), name=f"topk_r{r}")
+        with torch.no_grad():
+            pred = np.concatenate([model(torch.from_numpy(test.images[s:s + 100])).argmax(-1).numpy()
+                                   for s in range(0, len(test), 100)])
+        rows.append({"r": r, "capacities": caps, "measured_ms": m["median_ms"], "p90_ms": m["p90_ms"],
+                     "accuracy": float((pred == test.labels).mean())})
+    model.set_thresholds([None] * L)
+    return rows
+
+
+def accuracy_at(points, latency: float, x: str = "measured_ms", y: str = "accuracy") -> float | None:
+    """Accuracy at ``latency`` by linear interpolation between measured points (None outside their range)."""
+    pts = sorted((p[x], p[y]) for p in points if p.get(x) is not None and p.get(y) is not None)
+    if not pts:
+        return None
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    if latency < xs[0] or latency > xs[-1]:
+        return None
+    return float(np.interp(latency, xs, ys))
+
+
+def top_k_at(rows: list[dict], latency: float) -> float | None:
+    """Top-K accuracy at ``latency`` by linear interpolation (None outside the measured range)."""
+    return accuracy_at(rows, latency)
+
+
+# ------------------------------------------------------------------------------ random tokens
+def random_capacity_logits(model, x: torch.Tensor, capacities, generator: torch.Generator) -> torch.Tensor:
+    """The capacity-mode forward of ``model`` with the CLS scores replaced by uniform random numbers.
+
+    Same blocks, same sort-free capacity selector (``select_capacity``), so the exported graph and its
+    cost are those of constant Top-K; only which tokens survive differs (a random subset, nested over blocks).
+    """
+    p = model.num_prefix
+    tokens = model.embed(x)
+    for blk, k in zip(model.vit.blocks, capacities):
+        if k is None:
+            tokens = Block.forward(blk, tokens)
+            continue
+        tokens, scores = blk.attention_part(tokens)
+        rnd = torch.rand(scores.shape, generator=generator)
+        tokens = blk.mlp_part(blk.select_capacity(tokens, rnd, min(int(k), tokens.shape[1] - p)))
+    return model.head(tokens)
+
+
+def evaluate_random_capacity(model, images, capacities, seed: int, batch_size: int = 100) -> np.ndarray:
+    """(D,) top-1 of the random-token forward, seeded (deterministic for a seed and batch size)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            out.append(random_capacity_logits(model, torch.from_numpy(images.images[s:s + batch_size]),
+                                              capacities, gen).argmax(-1).numpy())
+    return np.concatenate(out)
+
+
+def check_random_path(model, images, capacities, n: int = 8) -> float:
+    """Max |logit difference| between :func:`random_capacity_logits` fed the *real* CLS scores and
+    ``model`` in capacity mode: checks that the random baseline runs the same computation."""
+    p = model.num_prefix
+    x = torch.from_numpy(images.images[:n])
+    with torch.no_grad():
+        tokens = model.embed(x)
+        for blk, k in zip(model.vit.blocks, capacities):
+            tokens, scores = blk.attention_part(tokens)
+            tokens = blk.mlp_part(blk.select_capacity(tokens, scores, min(int(k), tokens.shape[1] - p)))
+        mine = model.head(tokens)
+        model.set_capacities(capacities)
+        try:
+            ref = model(x)
+        finally:
+            model.set_thresholds([None] * model.depth)
+    return float((mine - ref).abs().max())
+
+
+# ------------------------------------------------------------------------- POMT single site
+def single_site_capacities(L: int, site: int, K: int) -> list:
+    """Capacity schedule with one pruning site: block ``site`` keeps K patch tokens, no other selector."""
+    return [K if l == site else None for l in range(L)]
+
+
+def single_site_accuracy_grid(model, images, sites, ks, batch_size: int = 100) -> np.ndarray:
+    """Top-1 accuracy (vs ``images.labels``) of every single-site schedule (site l, K), shape (len(sites), len(ks)).
+
+    The blocks before the site and the site's attention part run once per site; only the selection
+    and what follows run per K (same arithmetic as ``PrunableViT`` in capacity mode).
+    """
+    p = model.num_prefix
+    order = sorted(range(len(sites)), key=lambda i: sites[i])   # run the sites front to back
+    acc = np.zeros((len(sites), len(ks)))
+    with torch.no_grad():
+        for s0 in range(0, len(images), batch_size):
+            x = torch.from_numpy(images.images[s0:s0 + batch_size])
+            y = images.labels[s0:s0 + batch_size]
+            tokens, done = model.embed(x), 0
+            for i in order:
+                site = sites[i]
+                for l in range(done, site):
+                    tokens = Block.forward(model.vit.blocks[l], tokens)
+                done = site
+                blk = model.vit.blocks[site]
+                att, scores = blk.attention_part(tokens)
+                for j, K in enumerate(ks):
+                    t = blk.mlp_part(blk.select_capacity(att, scores, min(int(K), att.shape[1] - p)))
+                    for l in range(site + 1, model.depth):
+                        t = Block.forward(model.vit.blocks[l], t)
+                    acc[i, j] += float((model.head(t).argmax(-1).numpy() == y).sum())
+    return acc / len(images)
+
+
+def pomt_utility(latency, accuracy, l_max: float, a_max: float):
+    """POMT's utility: 0.5 (1 - L / Lmax) + 0.5 (A / Amax)."""
+    return 0.5 * (1 - np.asarray(latency) / l_max) + 0.5 * (np.asarray(accuracy) / a_max)
+
+
+# ------------------------------------------------------------------------------ ToMe (ours)
+def _do_nothing(x, mode=None):
+    return x
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool = True, distill_token: bool = False):
+    """ToMe's bipartite soft matching (Bolya et al. 2023, Alg. 1), re-implemented.
+
+    Tokens alternate into sets A (even) and B (odd); each A token's most similar B token (cosine of
+    the keys) is its edge; the r most similar edges are merged (A token into its B token). Protected
+    tokens (CLS, distillation) never merge. Uses argsort: not exportable without sort.
+
+    Args:
+        metric: (B, N, C) similarity features (mean key over heads). r: tokens to remove.
+
+    Returns:
+        merge(x, mode) -> x with r fewer tokens (mode "sum" or "mean" for the merged ones).
+    """
+    protected = int(class_token) + int(distill_token)
+    t = metric.shape[1]
+    r = min(r, (t - protected) // 2)
+    if r <= 0:
+        return _do_nothing
+    with torch.no_grad():
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        a, b = metric[..., ::2, :], metric[..., 1::2, :]
+        scores = a @ b.transpose(-1, -2)
+        if class_token:
+            scores[..., 0, :] = -math.inf
+        if distill_token:
+            scores[..., :, 0] = -math.inf
+        node_max, node_idx = scores.max(dim=-1)
+        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+        unm_idx = edge_idx[..., r:, :]          # unmerged tokens of A
+        src_idx = edge_idx[..., :r, :]          # merged tokens of A
+        dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
+        if class_token:
+            unm_idx = unm_idx.sort(dim=1)[0]    # keep the CLS token first
+
+    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        src, dst = x[..., ::2, :], x[..., 1::2, :]
+        n, t1, c = src.shape
+        unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
+        src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
+        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=mode)
+        if distill_token:
+            return torch.cat([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], dim=1)
+        return torch.cat([unm, dst], dim=1)
+
+    return merge
+
+
+def merge_wavg(merge, x: torch.Tensor, size: torch.Tensor | None):
+    """Size-weighted average of merged tokens; returns (x, size) with size (B, N, 1) tokens per slot."""
+    if size is None:
+        size = torch.ones_like(x[..., 0, None])
+    x = merge(x * size, mode="sum")
+    size = merge(size, mode="sum")
+    return x / size, size
+
+
+def _tome_attention(attn, x: torch.Tensor, size: torch.Tensor | None):
+    """timm ``Attention`` math (as vitedge's explicit path) plus ToMe's proportional attention
+    (log size added to the logits); returns (output, metric = keys averaged over heads)."""
+    B, N, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    a = (q * attn.scale) @ k.transpose(-2, -1)
+    if size is not None:
+        a = a + size.log()[:, None, None, :, 0]
+    a = a.softmax(dim=-1)
+    out = (attn.attn_drop(a) @ v).transpose(1, 2).reshape(B, N, attn.attn_dim)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out)), k.mean(1)
+
+
+def tome_forward(model, x: torch.Tensor, r: int, prop_attn: bool = True) -> tuple[torch.Tensor, list[int]]:
+    """ToMe on a :class:`PrunableViT`'s timm model: r tokens merged in every block (constant schedule,
+    ToMe's ``parse_r`` without inflection). Returns (logits, patch tokens leaving each block)."""
+    p = model.num_prefix
+    tokens, size, kept = model.embed(x), None, []
+    for blk in model.vit.blocks:
+        a, metric = _tome_attention(blk.attn, blk.norm1(tokens), size if prop_attn else None)
+        tokens = tokens + blk.drop_path1(blk.ls1(a))
+        if r > 0:
+            merge = bipartite_soft_matching(metric, r, class_token=True, distill_token=p > 1)
+            tokens, size = merge_wavg(merge, tokens, size)
+        tokens = tokens + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(tokens))))
+        kept.append(int(tokens.shape[1] - p))
+    return model.head(tokens), kept
+
+
+def evaluate_tome(model, images, r: int, prop_attn: bool = True, batch_size: int = 100) -> tuple[np.ndarray, list[int]]:
+    """(D,) top-1 and the patch tokens leaving each block (the same for every image)."""
+    out, kept = [], []
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            logits, kept = tome_forward(model, torch.from_numpy(images.images[s:s + batch_size]), r, prop_attn)
+            out.append(logits.argmax(-1).numpy())
+    return np.concatenate(out), kept
+
+
+def tome_max_r(num_patches: int, depth: int) -> int:
+    """Largest constant r that still removes r tokens in the last block (ToMe caps r at half the unprotected tokens)."""
+    r = 0
+    while True:
+        t, ok = num_patches, True
+        for _ in range(depth):
+            if (r + 1) > t // 2:  # (t + protected - protected) // 2
+                ok = False
+                break
+            t -= r + 1
+        if not ok:
+            return r
+        r += 1
+
+
+# ------------------------------------------------------------------------------ curve arithmetic
+def pareto_front(points, x: str = "measured_ms", y: str = "accuracy") -> list[tuple[float, float]]:
+    """Upper-left front: (latency, accuracy) pairs sorted by latency with strictly rising accuracy."""
+    pts = sorted((p[x], p[y]) for p in points if p.get(x) is not None and p.get(y) is not None)
+    front: list[tuple[float, float]] = []
+    for lx, ay in pts:
+        if not front or ay > front[-1][1]:
+            front.append((lx, ay))
+    return front
+
+
+def latency_at_accuracy(points, target: float, x: str = "measured_ms", y: str = "accuracy") -> dict:
+    """Smallest latency whose accuracy reaches ``target``, interpolating linearly along the Pareto front.
+
+    Returns {"latency": float | None, "how": "interpolated" | "measured point" | "not reached" |
+    "reached at the fastest point (cannot extrapolate lower)"}.
+    """
+    front = pareto_front(points, x, y)
+    if not front or front[-1][1] < target:
+        return {"latency": None, "how": "not reached"}
+    if front[0][1] >= target:
+        return {"latency": front[0][0], "how": "reached at the fastest point (cannot extrapolate lower)"}
+    for (x0, a0), (x1, a1) in zip(front, front[1:]):
+        if a1 >= target:
+            if a1 == target:
+                return {"latency": x1, "how": "measured point"}
+            return {"latency": float(x0 + (target - a0) * (x1 - x0) / (a1 - a0)), "how": "interpolated"}
+    return {"latency": None, "how": "not reached"}  # unreachable
+
+
+def linearity(n: np.ndarray, ms: np.ndarray) -> dict:
+    """How linear latency is in the token count n: least-squares line, R^2, the largest |residual| as a
+    fraction of the largest latency, and the largest rise between neighbouring measured counts as a
+    fraction of the latency before it (a cliff; only n >= 1/8 of the largest n, where the relative
+    noise of tiny latencies does not dominate)."""
+    n, ms = np.asarray(n, float), np.asarray(ms, float)
+    A = np.stack([n, np.ones_like(n)], axis=1)
+    coef, *_ = np.linalg.lstsq(A, ms, rcond=None)
+    fit = A @ coef
+    ss_res, ss_tot = float(((ms - fit) ** 2).sum()), float(((ms - ms.mean()) ** 2).sum())
+    big = n[:-1] >= n.max() / 8
+    steps = np.where(big, np.diff(ms) / np.maximum(ms[:-1], 1e-12), -np.inf)
+    has = bool(big.any())
+    return {"slope_ms_per_token": float(coef[0]), "intercept_ms": float(coef[1]),
+            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+            "max_rel_residual": float(np.max(np.abs(ms - fit)) / max(float(ms.max()), 1e-12)),
+            "max_rel_step": float(steps.max()) if has else 0.0,
+            "max_step_at_tokens": int(n[1:][int(np.argmax(steps))]) if has else None}

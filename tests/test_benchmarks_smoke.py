@@ -1,0 +1,88 @@
+"""Every benchmark script runs its tiny configuration and writes results that exist and parse.
+
+Each script runs in a subprocess (argument list, no shell) with ``--out`` a temporary folder and a
+temporary ``VITEDGE_CACHE``; the configurations are listed in benchmarks/README.md. The benchmarks
+themselves (minutes to an hour) run outside the test suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+REF = "vitedge-digits-vit"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+# script -> (arguments after the script, files expected in --out)
+CASES = {
+    "train_reference": (["--epochs", "1", "--threads", "1"], ["model.safetensors", "training.json", "MODEL_CARD.md"]),
+    "budget_fidelity": (["--quick", "--models", REF, "--budgets", "1", "--max-r", "1"],
+                        ["budget_fidelity.json", "budget_fidelity.md", "budget_fidelity.png"]),
+    "overhead": (["--quick", "--models", REF, "--rounds", "1"], ["overhead.json", "overhead.md", "overhead.png"]),
+    "speed": (["--repeats", "1"], ["speed.json", "speed.md"]),
+    "modes": (["--quick", "--models", REF, "--fractions", "0.9", "--sweep", "0.9", "--rounds", "1"],
+              ["modes.json", "modes.md", "modes.png", f"litert_table_{REF}.png"]),
+    "remote_devices": (["--quick", "--rounds", "1", "--kills", "1", "--limits", "min", "--calib-limit", "4"],
+                       ["remote_devices.json", "remote_devices.md", "remote_devices.png"]),
+    "bench_gate": (["--reps", "1", "--truth-pairs", "2", "--work", "{tmp}/work"], ["bench_gate.json", "bench_gate.md", "bench_gate.png"]),
+    "pareto": (["--quick", "--points", "2", "--test-limit", "40", "--calib-limit", "24", "--tokens-step", "8",
+                "--pomt-k-step", "2", "--eager-threads", "1"],
+               ["pareto.json", "pareto.md", "pareto.png", "pareto_ablation.png", "pareto_table_onnxruntime.png"]),
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def check_output(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 0, f"{path.name} missing or empty"
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        json.loads(data)
+    elif path.suffix == ".md":
+        assert data.decode("utf-8").lstrip().startswith("#"), f"{path.name} is not a Markdown report"
+    elif path.suffix == ".png":
+        assert data.startswith(PNG), f"{path.name} is not a PNG"
+    elif path.suffix == ".safetensors":
+        from safetensors.numpy import load
+
+        assert load(data), f"{path.name} holds no tensors"
+
+
+@pytest.mark.parametrize("script", list(CASES))
+def test_benchmark_script_smoke(script, tmp_path, cache):
+    args, expected = CASES[script]
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(BENCH / f"{script}.py"), *[a.format(tmp=tmp_path) for a in args], "--out", str(out)]
+    env = dict(os.environ, VITEDGE_CACHE=str(cache), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    took = time.time() - t0
+    print(f"{script}: {took:.1f} s")
+    if script == "remote_devices" and proc.returncode != 0 and "cannot run the SSH parts" in proc.stderr:
+        pytest.skip("no OpenSSH server on this machine (the remote-device tests skip likewise)")
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in expected:
+        check_output(out / name)
+    results = [json.loads((out / n).read_text()) for n in expected if n.endswith(".json") and n != "training.json"]
+    for r in results:
+        assert "environment" in r, "every result JSON records its environment"
+    if script == "pareto":
+        r = results[0]
+        ort = r["reference"]["runtimes"]["onnxruntime"]
+        assert {"topk", "random", "rctp_flops", "vitedge_threshold", "vitedge_capacity", "pomt"} <= set(ort["methods"])
+        assert set(ort["ablation"]) == {"fisher_block", "fisher_raw", "cls_attention"}
+        assert r["reference"]["torch_eager"]["methods"]["tome"]
+        for pts in ort["methods"].values():
+            for p in pts:
+                assert p["measured_ms"] > 0 and p["p90_ms"] >= p["measured_ms"] and 0 <= p["accuracy"] <= 1
+                assert len(p["mean_kept"]) == 6
+        assert r["reference"]["random_path_check_max_abs_logit_diff"] < 1e-4
