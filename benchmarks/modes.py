@@ -31,6 +31,8 @@ from vitedge.search import BudgetUnreachableError
 
 
 def _ctx(name, args, work, **kw) -> Context:
+    if args.quick and kw.get("format") == "tflite":
+        kw["tokens_step"] = 32  # a 3-point LiteRT grid: each signature costs a conversion
     opts = Options(model=name, progress=False, cache_dir=str(work / "cache"),
                    calib_limit=None if name == REFERENCE_NAME else args.calib_limit, **kw)
     if args.quick:
@@ -47,9 +49,9 @@ def _unpruned(ctx: Context, work: Path) -> float:
     return ctx.device.measure_model(path, ctx.feeds())["median_ms"]
 
 
-def _job(ctx: Context, budget: float, out: Path) -> dict:
+def _job(ctx: Context, budget: float, out: Path, max_rounds: int = 5) -> dict:
     try:
-        rep = run_export(ctx, budget, out, log=lambda m: None)
+        rep = run_export(ctx, budget, out, log=lambda m: None, max_rounds=max_rounds)
     except (BudgetUnreachableError, BudgetNotMetError) as e:
         return {"budget_ms": budget, "error": str(e)}
     acc = rep["accuracy"]
@@ -90,7 +92,8 @@ def run_model(name: str, args, work: Path) -> dict:
         ctx = _ctx(name, args, work, format=fmt, mode=mode,
                    tokens_step=args.tokens_step if (fmt == "tflite" and name != REFERENCE_NAME) else None)
         key = f"{mode}/{fmt}"
-        out["jobs"][key] = [_job(ctx, f * out["unpruned_ms"][fmt], work / f"{name}-{mode}-{fmt}-{f}") for f in args.fractions]
+        out["jobs"][key] = [_job(ctx, f * out["unpruned_ms"][fmt], work / f"{name}-{mode}-{fmt}-{f}", 2 if args.quick else 5)
+                            for f in args.fractions]
         for j in out["jobs"][key]:
             print(f"[{name}] {key} budget {j['budget_ms']:.3f} -> {j.get('measured_ms', float('nan')):.3f} ms {j.get('error', '')}", flush=True)
     out["jobs"]["threshold/tflite"] = "not convertible: litert-torch cannot convert NonZero (dynamic token count); delegates reject dynamic shapes"

@@ -195,7 +195,8 @@ class Context:
             return table
         cached = cache.table_path(self.cache_root(), arch_hash=self.shape["arch_hash"], device=dev.name,
                                   runtime=dev.runtime, runtime_version=dev.runtime_version(), threads=dev.threads,
-                                  protocol=_protocol_tag(self.opts.profile_config))
+                                  protocol=_protocol_tag(self.opts.profile_config)
+                                  + (f"g{self.opts.tokens_step}" if self.opts.tokens_step else ""))
         if self.opts.use_cache and cached.is_file():
             try:
                 table = LatencyTable.load(cached)
