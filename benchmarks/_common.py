@@ -23,7 +23,8 @@ def environment() -> dict:
     env = device_env("onnxruntime", os.cpu_count() or 1, onnxruntime.__version__)
     env.update({"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
                 "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()]})  # how busy the machine was
     return env
 
 
