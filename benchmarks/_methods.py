@@ -63,7 +63,7 @@ def constant_top_k(ctx, work: Path, max_r: int) -> list[dict]:
         path = work / f"topk_r{r}.onnx"
         export_pruned(model, path)
         m = ctx.device.measure_model(path, ctx.feeds(), name=f"topk_r{r}")
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(1):  # same predictions; no oversubscription on a busy machine
             pred = np.concatenate([model(torch.from_numpy(test.images[s:s + 100])).argmax(-1).numpy()
                                    for s in range(0, len(test), 100)])
         rows.append({"r": r, "capacities": caps, "measured_ms": m["median_ms"], "p90_ms": m["p90_ms"],

@@ -318,3 +318,19 @@ def test_devices_check_over_ssh(sshd, known_hosts):
     r = invoke("devices", "check", sshd.url, *sshd.cli_options(known_hosts)[2:])
     assert r.exit_code == 0, r.output
     assert r.output.startswith(f"{sshd.url}: onnxruntime ") and "numpy" in r.output
+
+
+def test_host_driven_tool_over_ssh_pushes_with_scp(sshd, known_hosts, tmp_path):
+    """A board without Python (python = false) running TFLite's benchmark_model: the binary and the
+    models are copied with scp, each point is one ssh call of the tool, the output parsed here."""
+    from test_adb import FAKE_BENCHMARK_MODEL, _tflite_plan, _tool
+
+    fake = _tool(tmp_path, "benchmark_model", FAKE_BENCHMARK_MODEL)
+    dev_tmp = tmp_path / "device-tmp"
+    dev_tmp.mkdir()
+    settings = dict(sshd.settings(known_hosts, tmp_dir=str(dev_tmp)), python=False, benchmark_model=fake)
+    dev = get_device(sshd.url, runtime="benchmark_model", threads=2, config=FAST, **settings)
+    assert dev.python is None and dev.runtime_version().startswith("benchmark_model-")
+    res = dev.run_plan(_tflite_plan(tmp_path, 2))
+    assert [r["error_code"] for r in res["points"]] == [0, 0] and res["points"][0]["statistic"] == "mean"
+    assert os.listdir(dev_tmp) == []
