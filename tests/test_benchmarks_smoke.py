@@ -57,7 +57,12 @@ def check_output(path: Path) -> None:
         assert load(data), f"{path.name} holds no tensors"
 
 
-@pytest.mark.parametrize("script", list(CASES))
+# Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
+# of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
+SLOW = {"budget_fidelity", "modes", "bench_gate"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in CASES])
 def test_benchmark_script_smoke(script, tmp_path, cache):
     args, expected = CASES[script]
     out = tmp_path / "out"
