@@ -190,6 +190,8 @@ def main() -> None:
     if near is not None:
         configs["near 5 %, 5 %"] = (near["path"], pruned, dict(threads=args.threads), False)
         configs["near 5 %, 2 %"] = (near["path"], pruned, dict(threads=args.threads, max_regression=0.02), False)
+        configs["near 5 %, 5 %, busy core"] = (near["path"], pruned, dict(threads=args.threads), True)
+        configs["near 5 %, 2 %, busy core"] = (near["path"], pruned, dict(threads=args.threads, max_regression=0.02), True)
     if args.configs:
         wanted = [c.strip() for c in args.configs.split(";")]
         unknown = set(wanted) - set(configs)
@@ -212,9 +214,8 @@ def main() -> None:
                   f"CI [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] {r['pairs']} pairs {r['seconds']:.1f} s", flush=True)
 
     # (3) one gate run with default settings, as CI runs it (CLI, Python start-up included)
-    timing, startup = old.get("timing_default_gate"), old.get("cli_startup_s")
-    if not args.no_timing:
-        timing = []
+    timing, startup = old.get("timing_default_gate") or [], old.get("cli_startup_s")
+    if not args.no_timing:  # appended to the merged ones: each row carries its load average
         for _ in range(3):
             t = time.perf_counter()
             proc = subprocess.run([*CLI, "bench", str(pruned), "--against", str(unpruned), "--quiet", "--json"],
@@ -257,7 +258,8 @@ def render(d: dict) -> str:
         rows.append([name, f"{s['pass']}/{s['n']}", f"{s['fail']}/{s['n']}", f"{s['inconclusive'] + s['unstable']}/{s['n']}",
                      f"{s['median_ratio']:.4f}", f"±{100 * s['median_ci_halfwidth']:.2f} %", f"{s['median_pairs']:.0f}",
                      f"{s['median_seconds']:.1f} s (max {s['max_seconds']:.1f})", f"{min(la):.1f}-{max(la):.1f}"])
-    tim = [[f"{x['wall_s']:.1f} s", f"{x['in_process_s']}", x["pairs"], x["exit_code"]] for x in d["timing_default_gate"] or []]
+    tim = [[f"{x['wall_s']:.1f} s", f"{x['in_process_s']:.1f} s", x["pairs"], x["exit_code"],
+            "-" if not x.get("loadavg") else f"{x['loadavg'][0]:.1f}"] for x in d["timing_default_gate"] or []]
     env, sl, nr = d["environment"], d["slowed"], d.get("near")
     loads = [l[0] for v in d["loadavg"].values() for l in v if l]
 
@@ -272,7 +274,8 @@ def render(d: dict) -> str:
             f"`--threads {d['threads']}` unless 'all cores'; every other setting the default (30 pairs, up to 90 while "
             f"inconclusive, 95 % CI). Load average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f}: other "
             "jobs shared this 2-core machine throughout.\n\n"
-            f"* 'identical': the pruned export against a byte-identical copy, with a busy-loop process on one core.\n"
+            f"* 'identical': the pruned export against a byte-identical copy, with a busy-loop process on one core "
+            "('busy core' marks the other configurations run with it).\n"
             f"* 'slowed': the pruned schedule with every token kept in block(s) {sl['keep_all_in_blocks']}; true "
             f"slow-down {variant(sl)}.\n"
             + (f"* 'near 5 %': block {nr['keep_all_in_blocks'][0]}'s threshold x{nr['threshold_scale']:g} (more tokens "
@@ -286,7 +289,7 @@ def render(d: dict) -> str:
             + md_table(["gate", "pass", "fail (regression)", "inconclusive", "median ratio", "median CI half-width",
                         "median pairs", "time per gate", "load avg"], rows)
             + "\n## One gate run with default settings (`vitedge bench pruned --against unpruned`, CLI)\n\n"
-            + md_table(["wall clock", "in-process s", "pairs", "exit"], tim)
+            + md_table(["wall clock", "in process", "pairs", "exit", "load avg"], tim)
             + f"\nPython start-up of the `vitedge` CLI alone (`vitedge --help`): {d['cli_startup_s']:.1f} s.\n")
 
 
