@@ -167,8 +167,9 @@ def main() -> None:
     variants = old.get("variants") or [truth([l]) for l in pruning_blocks(args.work)]
     for v in variants:
         v["path"] = Path(v["path"])
-    ok = [v for v in variants if v["ratio"] >= 1.05]
-    slowed = min(ok, key=lambda v: v["ratio"]) if ok else max(variants, key=lambda v: v["ratio"])
+    singles = [v for v in variants if v.get("threshold_scale") is None]
+    ok = [v for v in singles if v["ratio"] >= 1.05]
+    slowed = min(ok, key=lambda v: v["ratio"]) if ok else max(singles, key=lambda v: v["ratio"])
     # "near 5 %": one block's threshold lowered, the smallest measured slow-down >= 5 %
     near = old.get("near")
     if near is None and args.near:
@@ -242,7 +243,7 @@ def main() -> None:
             "slowed": variant_record(slowed), "near": variant_record(near) if near else None,
             "summary": {k: summarize(v) for k, v in runs.items()}, "runs": runs, "loadavg": load,
             "timing_default_gate": timing, "cli_startup_s": startup,
-            "sessions": old.get("sessions", []) + [{"configs": list(configs), "seconds": time.time() - t_start,
+            "sessions": old.get("sessions", []) + [{"configs": list(configs) if args.reps else [], "seconds": time.time() - t_start,
                                                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}
     md = render(data)
     write_results("bench_gate", data, md, args.out)

@@ -108,8 +108,8 @@ def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic,
         dev_settings.update({k: v for k, v in (("host", host), ("serial", serial), ("devices_file", devices_file))
                              if v is not None})
         settings = BenchSettings(
-            device=device, device_settings=dev_settings, statistic=statistic, runtime=runtime, threads=threads, data=data, images=images,
-            mean=_floats(mean, "--mean"), std=_floats(std, "--std"), warmup=warmup, runs=runs, min_time_s=min_time,
+            device=device, device_settings=dev_settings, statistic=statistic, runtime=runtime, threads=threads,
+            data=data, images=images, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), warmup=warmup, runs=runs, min_time_s=min_time,
             rounds=rounds, max_rounds=max_rounds,
             max_regression=parse_fraction(max_regression if max_regression is not None else "5%"),
             expect_faster=expect_faster, min_speedup=1.0 if min_speedup is None else min_speedup,
@@ -132,6 +132,8 @@ def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic,
             write_json(output, result_json(result, samples=True))
     except BenchError as e:
         _fail(str(e))
+    except OSError as e:  # e.g. an output file that cannot be written
+        _fail(f"{type(e).__name__}: {e}")
     if as_json:
         click.echo(json.dumps(result_json(result), indent=1))
     else:
