@@ -1,7 +1,8 @@
 """On-device latency runner for vitedge: ``python3 runner.py PLAN.json RESULT.json``.
 
 Self-contained: imports only the standard library and numpy at import time; the runtime
-(``onnxruntime`` now, LiteRT later) is imported lazily when a model is opened.  The file is
+(``onnxruntime``, LiteRT: ai-edge-litert or tflite-runtime, ...) is imported lazily when a model
+is opened.  The file is
 copied as-is to a Raspberry Pi / phone and must never import torch or vitedge (Python >= 3.9).
 
 Protocol (after TVM auto_scheduler ``measure.py`` and TFLite ``benchmark_model``)
@@ -29,7 +30,8 @@ Plan JSON::
      "points": [{"name": "attn_t197", "model": "attn.onnx",   # relative to the plan file
                  "inputs": {"x": {"shape": [1, 197, 384], "dtype": "float32"}},
                  "tags": {"part": "attention", "tokens": 197}},      # passed through
-                {"name": "img", "model": "m.onnx", "inputs_npz": "img.npz"}],
+                {"name": "img", "model": "m.onnx", "inputs_npz": "img.npz",
+                 "outputs_npz": "img_out.npz"}],              # optional: save the outputs
      "runtime_options": {"binary": "./benchmark_model"}}   # optional: factory keyword arguments
 
 ``inputs`` arrays are seeded standard-normal for float dtypes and zeros otherwise;
@@ -38,13 +40,22 @@ is cycled round-robin (e.g. several images).  Without either, the model's input 
 static and are filled the same way.  Self-timed runtimes ("benchmark_model", "command": see
 "self-timed tools" below) add ``statistic`` and ``tool`` to their rows.
 
+``runtime_options`` of "litert": ``{"interpreter": "auto" | "ai-edge-litert" | "tflite-runtime"}``
+(default "auto": ai-edge-litert, else tflite-runtime); the result's ``runtime_version`` names the
+one used ("tflite-runtime 2.14.0").  ``outputs_npz`` (relative to the plan file): after timing,
+the model runs once per input set and its outputs are written there (see :func:`save_outputs`;
+read with ``np.load(path, allow_pickle=False)``); the row gets ``outputs_npz``, or
+``outputs_error`` when they could not be saved (the timing stands).
+
 Result JSON::
 
     {"format": "vitedge-runner/1", "environment": {...}, "config": {...}, "reference": name,
      "order": [names in execution order], "started": unix_s, "finished": unix_s,
      "points": [{"name", "samples_ms", "median_ms", "p90_ms", "mad_ms", "runs", "error_code",
                  "error", "timestamp", "index" (position in the plan), "model", "tags"}],
-     "drift": {"detected", "reference_medians_ms", "max_rel_dev", "tolerance"}}
+     "drift": {"detected", "reference_medians_ms", "max_rel_dev", "tolerance"},
+     "runtime_info": {model: {...}}}    # only when a runtime reports details, e.g. LiteRT's
+                                        # {"interpreter", "delegation": {"nodes", "delegate_partitions"}}
 
 ``points`` are in plan order.  On error median/p90/mad are null.  ``--progress-jsonl`` also
 writes each row to stdout as ``{"point": ROW}`` when it is measured (the host's resumable
@@ -123,7 +134,8 @@ class Measurement:
 
 
 # ---------------------------------------------------------------- runtime registry
-# name -> factory(model_path, threads) -> (run_fn(feeds) -> list[np.ndarray], input_specs, version)
+# name -> factory(model_path, threads, **runtime_options)
+#         -> (run_fn(feeds) -> list[np.ndarray], input_specs, version[, info dict])
 # input_specs: [{"name": str, "shape": [int | str | None, ...], "dtype": numpy dtype name}]
 _RUNTIMES: dict[str, Callable] = {}
 
@@ -172,33 +184,100 @@ def _onnxruntime_factory(model_path: str, threads: int):
     return (lambda feeds: sess.run(outputs, feeds)), specs, ort.__version__
 
 
-def _litert_interpreter():
-    """(Interpreter class, version string): ai-edge-litert, else tflite-runtime (what Pi guides install)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
+LITERT_INTERPRETERS = ("auto", "ai-edge-litert", "tflite-runtime")
+_LITERT_PIP = {"ai-edge-litert": "python3 -m pip install ai-edge-litert",
+               "tflite-runtime": "python3 -m pip install tflite-runtime 'numpy<2'"}  # 2.14 needs numpy 1
+
+
+def _import_interpreter(package: str):
+    """(Interpreter class, "PACKAGE VERSION") of one TFLite interpreter package; raises what the import raises."""
+    if package == "ai-edge-litert":
         from importlib.metadata import version
+
+        from ai_edge_litert.interpreter import Interpreter
         return Interpreter, "ai-edge-litert " + version("ai-edge-litert")
-    except ImportError:
-        pass
-    try:
-        import tflite_runtime
-        from tflite_runtime.interpreter import Interpreter
-        return Interpreter, "tflite-runtime " + getattr(tflite_runtime, "__version__", "?")
-    except ImportError as e:
+    import tflite_runtime
+    from tflite_runtime.interpreter import Interpreter
+    return Interpreter, "tflite-runtime " + getattr(tflite_runtime, "__version__", "?")
+
+
+def _litert_interpreter(choice: str = "auto"):
+    """(Interpreter class, version string, e.g. "tflite-runtime 2.14.0") for the "litert" runtime.
+
+    ``choice``: "auto" (ai-edge-litert, else tflite-runtime, what Raspberry Pi guides install),
+    "ai-edge-litert" or "tflite-runtime".  Raises PlanError for another choice and
+    RuntimeMissingError (one line naming the pip command) when the package cannot be imported.
+    """
+    if choice not in LITERT_INTERPRETERS:
+        raise PlanError(f"unknown LiteRT interpreter {choice!r}: set runtime_options.interpreter to one of "
+                        f"{', '.join(LITERT_INTERPRETERS)}")
+    failed = []
+    for package in (("ai-edge-litert", "tflite-runtime") if choice == "auto" else (choice,)):
+        try:
+            return _import_interpreter(package)
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in ("ai_edge_litert", "tflite_runtime"):
+                failed.append((package, e))  # installed, but a dependency is missing
+        except Exception as e:  # noqa: BLE001 - e.g. a numpy 1 build under numpy 2
+            failed.append((package, e))
+    if failed:
+        package, e = failed[0]
+        raise RuntimeMissingError(f"{package} is installed on this device but cannot be imported "
+                                  f"({_one_line(e)[:200]}): run `{_LITERT_PIP[package]}`")
+    if choice == "auto":
         raise RuntimeMissingError("neither ai-edge-litert nor tflite-runtime is installed on this device: run "
-                                  "`python3 -m pip install ai-edge-litert`") from e
+                                  f"`{_LITERT_PIP['ai-edge-litert']}`")
+    raise RuntimeMissingError(f"{choice} is not installed on this device (LiteRT interpreter {choice!r} "
+                              f"requested): run `{_LITERT_PIP[choice]}`")
+
+
+def _default_delegation(interp) -> dict:
+    """Coverage of the primary subgraph by the default delegate (XNNPACK), after allocate_tensors:
+    {"nodes", "delegated", "delegate_partitions", "not_delegated": {op name: count}}, or {"error"}.
+
+    The interpreter lists the original nodes, then one DELEGATE node per partition.  An original
+    node still runs on its own when a tensor needed by a DELEGATE node or a graph output (walked
+    back transitively) comes from it.  Uses the interpreter's private wrapper (both packages).
+    """
+    try:
+        w = interp._interpreter
+        names = [w.NodeName(i) for i in range(w.NumNodes())]
+        parts = [i for i, n in enumerate(names) if n == "DELEGATE"]
+        producer = {int(t): i for i, n in enumerate(names) if n != "DELEGATE" for t in w.NodeOutputs(i)}
+        from_parts = {int(t) for d in parts for t in w.NodeOutputs(d)}
+        todo = [int(t) for d in parts for t in w.NodeInputs(d)] + [int(t) for t in w.OutputIndices()]
+    except Exception as e:  # noqa: BLE001 - a private API: report, never fail the run
+        return {"error": _one_line(e)}
+    own: set = set()
+    while todo:
+        t = todo.pop()
+        node = producer.get(t)
+        if node is not None and t not in from_parts and node not in own:
+            own.add(node)
+            todo.extend(int(v) for v in w.NodeInputs(node))
+    left: dict = {}
+    for i in sorted(own):
+        left[names[i]] = left.get(names[i], 0) + 1
+    nodes = len(names) - len(parts)
+    return {"nodes": nodes, "delegated": nodes - len(own), "delegate_partitions": len(parts),
+            "not_delegated": dict(sorted(left.items()))}
 
 
 @register_runtime("litert")
-def _litert_factory(model_path: str, threads: int):
+def _litert_factory(model_path: str, threads: int, interpreter: str = "auto"):
     """LiteRT (TFLite) interpreter with its default delegate (XNNPACK in ai-edge-litert).
 
+    ``interpreter`` (plan ``runtime_options.interpreter``): "auto" (default: ai-edge-litert, else
+    tflite-runtime), "ai-edge-litert" or "tflite-runtime"; the version string names the one used.
     A model may hold several signatures (e.g. one per token count, since converted graphs have
     static shapes): each call runs the signature whose input shapes equal the feeds' shapes.
     Feeds are matched to signature inputs by name, else by position (the plan's input order).
+    Also returns ``info``: {"interpreter", "delegation": see :func:`_default_delegation`}.
     """
-    Interpreter, version = _litert_interpreter()
+    Interpreter, version = _litert_interpreter(interpreter)
     interp = Interpreter(model_path=model_path, num_threads=int(threads) if threads else None)
+    interp.allocate_tensors()  # the default delegate is applied here
+    info = {"interpreter": version.split(" ")[0], "delegation": _default_delegation(interp)}
     sigs = interp.get_signature_list()
     runners = {}
     for key in sigs:
@@ -223,11 +302,12 @@ def _litert_factory(model_path: str, threads: int):
         out = r(**kw)
         return [out[k] for k in sorted(out)]
 
-    return run, specs, version
+    return run, specs, version, info
 
 
 class Session:
-    """An opened model: ``.run(feeds) -> list[np.ndarray]``, ``.input_specs``, ``.version``.
+    """An opened model: ``.run(feeds) -> list[np.ndarray]``, ``.input_specs``, ``.version``, ``.info``
+    (runtime details, e.g. the LiteRT interpreter and its delegation; {} if none).
 
     Self-timed runtimes (external tools, see :class:`ToolSession`) also have
     ``measure_point(point, cfg) -> (Measurement, extra row fields)``, used instead of the timed loop.
@@ -236,9 +316,9 @@ class Session:
     measure_point = None
 
     def __init__(self, runtime: str, model_path: str, run_fn: Callable, input_specs: list,
-                 version: str):
+                 version: str, info: dict | None = None):
         self.runtime, self.model_path, self._run = runtime, model_path, run_fn
-        self.input_specs, self.version = input_specs, version
+        self.input_specs, self.version, self.info = input_specs, version, dict(info or {})
 
     def run(self, feeds: dict) -> list:
         return list(self._run(feeds))
@@ -250,7 +330,7 @@ def open_session(runtime: str, model_path: str, threads: int = 1,
 
     ``options`` (the plan's ``runtime_options``) are passed to the factory as keyword arguments
     (e.g. ``binary`` for "benchmark_model", ``template`` for "command").  A factory may return a
-    ready :class:`Session` (self-timed tools) instead of ``(run_fn, input_specs, version)``.
+    ready :class:`Session` (self-timed tools) instead of ``(run_fn, input_specs, version[, info])``.
 
     Raises PlanError (unknown runtime), RuntimeMissingError (runtime not importable), and
     whatever the runtime raises for an unreadable model.
@@ -260,8 +340,8 @@ def open_session(runtime: str, model_path: str, threads: int = 1,
     made = _RUNTIMES[runtime](model_path, threads, **(options or {}))
     if isinstance(made, Session):
         return made
-    run_fn, specs, version = made
-    return Session(runtime, model_path, run_fn, specs, str(version))
+    run_fn, specs, version, *info = made
+    return Session(runtime, model_path, run_fn, specs, str(version), info[0] if info else None)
 
 
 # ---------------------------------------------------------------- self-timed tools
@@ -685,6 +765,10 @@ def validate_plan(plan: Any, base_dir: str | None = None) -> dict:
             q["npz_path"] = paths[0]
             if many:
                 q["npz_paths"] = paths
+        if "outputs_npz" in p:
+            if not isinstance(p["outputs_npz"], str) or not p["outputs_npz"].endswith(".npz"):
+                raise PlanError(f"point {name!r}: 'outputs_npz' must be a file name ending in .npz")
+            q["outputs_path"] = os.path.join(base, p["outputs_npz"])
         inputs = p.get("inputs", {})
         if not isinstance(inputs, dict):
             raise PlanError(f"point {name!r}: 'inputs' must map input names to shape/dtype")
@@ -723,6 +807,24 @@ def _make_feeds(point: dict, session: Session, rng: np.random.Generator) -> dict
     return feeds
 
 
+def save_outputs(session: Session, feeds_list: list, path: str) -> None:
+    """Run ``session`` once per input set and write ``path`` (.npz, atomic, no pickle):
+    ``out{k}`` = output k of every input set stacked, shape (len(feeds_list), *output k's shape),
+    in the runtime's output order (LiteRT: signature output names sorted).  Raises what the
+    runtime raises, ValueError when an output's shape differs between input sets, OSError."""
+    outs = [[np.asarray(o) for o in session.run(f)] for f in feeds_list]
+    arrays = {f"out{k}": np.stack([o[k] for o in outs]) for k in range(len(outs[0]))}
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
              base_dir: str | None = None,
              session_factory: Callable[[str, str, int], Session] | None = None) -> dict:
@@ -743,6 +845,7 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
     order: list[str] = []
     ref_idx = next(i for i, q in enumerate(points) if q["name"] == p["reference"])
     ref_medians: list = []
+    saved: set = set()  # points whose outputs_npz is written
 
     def run_point(i: int) -> dict:
         q = points[i]
@@ -757,6 +860,8 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
         sess = sessions[path]
         if getattr(sess, "measure_point", None) is not None:  # self-timed tool
             m, extra = sess.measure_point(q, cfg)
+            if q.get("outputs_path"):
+                extra = dict(extra, outputs_error=f"{runtime} times itself: it returns no outputs")
             return dict(m.to_dict(), **extra, index=i, model=q["model"], tags=q["tags"])
         code, err = ErrorCode.SESSION_ERROR, sess
         if not isinstance(sess, Exception):
@@ -767,6 +872,7 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
                 code = None
             except Exception as e:  # noqa: BLE001
                 code, err = ErrorCode.INPUT_ERROR, e
+        extra = {}
         if code is None and len(feeds_list) == 1:
             feeds = feeds_list[0]
             m = measure(lambda: sess.run(feeds), cfg, q["name"])
@@ -775,7 +881,14 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
         else:
             m = Measurement(q["name"], error_code=code, error=_one_line(err),
                             timestamp=time.time())
-        return dict(m.to_dict(), index=i, model=q["model"], tags=q["tags"])
+        if code is None and q.get("outputs_path") and i not in saved:
+            try:
+                save_outputs(sess, feeds_list, q["outputs_path"])
+                saved.add(i)
+                extra["outputs_npz"] = q["outputs_npz"]
+            except Exception as e:  # noqa: BLE001 - the timing stands; the row says why
+                extra["outputs_error"] = _one_line(e)
+        return dict(m.to_dict(), **extra, index=i, model=q["model"], tags=q["tags"])
 
     def run_reference():
         row = run_point(ref_idx)
@@ -799,10 +912,13 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
     run_reference()
     version = next((getattr(s, "version", None) for s in sessions.values()
                     if not isinstance(s, Exception)), None)
+    model_of = {os.path.abspath(q["model_path"]): q["model"] for q in points}
+    info = {model_of[k]: s.info for k, s in sessions.items() if getattr(s, "info", None)}
     return {"format": FORMAT, "environment": environment(runtime, threads, version),
             "config": asdict(cfg), "reference": p["reference"], "order": order,
             "points": [rows[i] for i in range(len(points))],
             "drift": detect_drift(ref_medians, cfg.drift_tolerance),
+            **({"runtime_info": info} if info else {}),
             "started": started, "finished": time.time()}
 
 
