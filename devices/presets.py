@@ -25,6 +25,9 @@ benchmark_model    path of TFLite's benchmark_model binary, on the device or (pu
 benchmark_args     extra benchmark_model flags, e.g. ["--use_xnnpack=true"]
 command            command template for the "command" runtime (list, or one string split like a
                    shell would, never run through one); see ``vitedge.devices.runner``
+litert_interpreter the TFLite interpreter package recommended on the device for runtime "litert":
+                   "ai-edge-litert", "tflite-runtime" or "auto" (a recommendation shown by
+                   ``vitedge devices show``; the runner picks one with its ``interpreter`` option)
 [profile] [model]  measurement protocol for ``profile`` points and whole-model timing:
                    warmup, runs (at least), min_time (seconds, at least); CLI flags win
 source notes       where the numbers/settings come from; free text
@@ -39,6 +42,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .base import DeviceError
+from .runner import LITERT_INTERPRETERS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 USER_FILE = Path("~/.config/vitedge/devices.toml")
@@ -50,7 +54,7 @@ SCHEMA = {
     "affinity": _LIST, "env": "table of strings", "host": _STR, "user": _STR, "port": _INT, "identity": _STR,
     "ssh_options": _LIST, "ssh_config": _STR, "connect_timeout": _INT, "scp_options": _LIST, "serial": _STR,
     "adb": _STR, "tmp_dir": _STR, "benchmark_model": _STR, "benchmark_args": _LIST, "command": _LIST,
-    "source": _STR, "notes": _STR, "profile": "table", "model": "table",
+    "litert_interpreter": _STR, "source": _STR, "notes": _STR, "profile": "table", "model": "table",
 }
 MEASURE_KEYS = {"warmup": ("warmup", _INT), "runs": ("min_runs", _INT), "min_time": ("min_time_s", _FLOAT)}
 
@@ -78,6 +82,8 @@ def _check(key: str, value, where: str):
         raise PresetError(f"{where}: {key!r} must be a {kind}, got {value!r}")
     if key == "transport" and value not in TRANSPORTS:
         raise PresetError(f"{where}: transport {value!r} is not one of {', '.join(TRANSPORTS)}")
+    if key == "litert_interpreter" and value not in LITERT_INTERPRETERS:
+        raise PresetError(f"{where}: litert_interpreter {value!r} is not one of {', '.join(LITERT_INTERPRETERS)}")
     if key in ("profile", "model"):
         for k, v in value.items():
             if k not in MEASURE_KEYS:
@@ -172,6 +178,8 @@ def parse_setting(text: str) -> tuple:
         return key, shlex.split(value)
     if kind == "string or false":
         return key, False if value.strip().lower() in ("", "none", "false", "no") else value
+    if key == "litert_interpreter":
+        return key, _check(key, value, "device option")
     if kind == "table of strings":
         pairs = [p.split("=", 1) for p in shlex.split(value)]
         if any(len(p) != 2 for p in pairs):
