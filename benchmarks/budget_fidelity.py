@@ -29,7 +29,7 @@ from vitedge.search import BudgetUnreachableError
 
 
 def run_model(name: str, args, work: Path) -> dict:
-    opts = Options(model=name, progress=False, cache_dir=str(work / "cache"),
+    opts = Options(model=name, progress=False, cache_dir=str(work / "cache"), threads=args.threads,
                    calib_limit=args.calib_limit if name != REFERENCE_NAME else None,
                    format=args.format, mode=args.mode, tokens_step=args.tokens_step)
     if args.quick:
@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--format", choices=["onnx", "tflite"], default="onnx")
     p.add_argument("--mode", choices=["threshold", "capacity"], default=None, help="default: the format's")
     p.add_argument("--tokens-step", type=int, default=None, help="LiteRT token grid")
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (0: all cores)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,6 +40,7 @@ pareto_table_<runtime>.png, and with --large pareto_large.png and pareto_large_t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -1013,6 +1014,7 @@ def main(argv=None) -> None:
         if args.large:
             data["large"] = run_large(args, work)
     data["environment"] = environment()
+    carry_over(data, args.out / "pareto.json")
     data["runtime_versions"] = {"onnxruntime": metadata.version("onnxruntime"), "litert": _version("ai-edge-litert"),
                                 "torch": torch.__version__}
     data["threads"] = args.threads or os.cpu_count()
@@ -1029,6 +1031,23 @@ def main(argv=None) -> None:
         plot_large(data["large"], args.out / "pareto_large.png")
     print(md)
     log(f"total {time.time() - t0:.0f} s -> {args.out}")
+
+
+def carry_over(data: dict, previous: Path) -> None:
+    """Keep the section a partial run (``--no-large`` / ``--skip-reference``) did not redo from the
+    previous ``pareto.json``, with that run's environment under ``carried_over``."""
+    if not previous.exists():
+        return
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return
+    for key in ("reference", "large"):
+        if key not in data and old.get(key):
+            data[key] = old[key]
+            data.setdefault("carried_over", {})[key] = {
+                "environment": old.get("carried_over", {}).get(key, {}).get("environment", old.get("environment")),
+                "args": old.get("carried_over", {}).get(key, {}).get("args", old.get("args"))}
 
 
 def _version(pkg: str) -> str | None:

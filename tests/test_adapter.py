@@ -330,15 +330,15 @@ def test_rank_by_counting_is_stable_descending_rank():
     np.testing.assert_array_equal(rank_by_counting(r).numpy(), expected)
 
 
-def test_capacity_select_keeps_best_in_order():
+def test_capacity_select_keeps_best_first():
     from vitedge.models.pruning import capacity_gather_matrix, capacity_select
 
     x = torch.arange(1 * 6 * 2, dtype=torch.float32).reshape(1, 6, 2)
     s = torch.tensor([[0.1, 0.3, 0.3, 0.2, 0.05]])  # patch tokens 1..5 (p = 1)
     out = capacity_select(x, s, 3, 1)
-    assert torch.equal(out, x[:, [0, 2, 3, 4]])  # CLS + tokens with scores 0.3, 0.3, 0.2 in token order
+    assert torch.equal(out, x[:, [0, 2, 3, 4]])  # CLS + tokens with scores 0.3, 0.3 (tie: lower index first), 0.2
     assert torch.equal(capacity_select(x, s, 0, 1), x[:, :1])
-    assert torch.equal(capacity_select(x, s, 5, 1), x)
+    assert torch.equal(capacity_select(x, s, 5, 1), x[:, [0, 2, 3, 4, 1, 5]])  # every token, best first
     g = capacity_gather_matrix(s, 2)
     assert g.shape == (1, 2, 5) and torch.equal(g.sum(-1), torch.ones(1, 2))
     with pytest.raises(ValueError, match="capacity 6"):

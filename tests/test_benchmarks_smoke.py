@@ -28,6 +28,8 @@ CASES = {
     "speed": (["--repeats", "1"], ["speed.json", "speed.md"]),
     "modes": (["--quick", "--models", REF, "--fractions", "0.9", "--sweep", "0.9", "--rounds", "1"],
               ["modes.json", "modes.md", "modes.png", f"litert_table_{REF}.png"]),
+    "selector_variants": (["--quick", "--threads", "1", "--rounds", "1"],
+                          ["selector_variants.json", "selector_variants.md", "selector_variants.png"]),
     "remote_devices": (["--quick", "--rounds", "1", "--kills", "1", "--limits", "min", "--calib-limit", "4"],
                        ["remote_devices.json", "remote_devices.md", "remote_devices.png"]),
     "bench_gate": (["--reps", "1", "--truth-pairs", "2", "--work", "{tmp}/work"], ["bench_gate.json", "bench_gate.md", "bench_gate.png"]),

@@ -17,6 +17,7 @@ from vitedge.exporters.graphs import (FIXED_PARTS, PARTS, export_parts, export_p
 from vitedge.exporters.onnx import ExportError, FORBIDDEN_OPS, OpAuditError, audit_ops, export_onnx
 from vitedge.exporters.validation import ParityError, check_parity
 from vitedge.models.adapter import PrunableViT
+from vitedge.models.pruning import capacity_select
 
 
 def _session(path):
@@ -263,7 +264,8 @@ def test_selector_mlp_head_parts_on_n_tokens(parts_export, n):
     (sel,) = _session(parts[("selector", None)]).run(None, {"tokens": tok.numpy(), "scores": scores.numpy()})
     np.testing.assert_array_equal(sel, tok.numpy())  # exported keeping every token (worst case)
     (cap,) = _session(parts[("capacity_selector", n)]).run(None, {"tokens": tok.numpy(), "scores": scores.numpy()})
-    np.testing.assert_array_equal(cap, tok.numpy())  # K = n - p: every token, in token order
+    want = capacity_select(tok, scores, n - p, p).numpy()
+    np.testing.assert_array_equal(cap, want)  # K = n - p: every token, best first
     (mlp,) = _session(parts[("mlp", None)]).run(None, {"tokens": tok.numpy()})
     (head,) = _session(parts[("head", None)]).run(None, {"tokens": tok.numpy()})
     (ovh,) = _session(parts[("run_overhead", None)]).run(None, {"tokens": tok.numpy()})

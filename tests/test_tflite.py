@@ -28,6 +28,7 @@ from vitedge.exporters.tflite import (FORBIDDEN_TFLITE, TFLITE_PARTS, TFLiteUnav
                                       xnnpack_delegation)
 from vitedge.exporters.validation import ParityError  # noqa: E402
 from vitedge.models.adapter import PrunableViT  # noqa: E402
+from vitedge.models.pruning import capacity_select  # noqa: E402
 from vitedge.tables.latency import LatencyTableError  # noqa: E402
 
 CAPS = [None, 8]
@@ -207,7 +208,7 @@ def test_litert_runner_picks_the_signature_by_shape(parts_tflite):
         np.testing.assert_allclose(out, ref_out.numpy(), atol=1e-5)
         np.testing.assert_allclose(sc, ref_scores.numpy(), atol=1e-6)
         (kept,) = cap.run({"tokens": tok.numpy(), "scores": scores.numpy()})
-        np.testing.assert_allclose(kept, tok.numpy(), atol=1e-6)      # K = n - p: every token, token order
+        np.testing.assert_allclose(kept, capacity_select(tok, scores, n - p, p).numpy(), atol=1e-6)  # every token, best first
         (m,) = mlp.run({"tokens": tok.numpy()})
         np.testing.assert_allclose(m, ref_mlp.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="no signature"):

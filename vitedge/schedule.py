@@ -58,8 +58,17 @@ class Schedule:
 
     @property
     def selectors(self) -> list[bool]:
-        """(L,) whether each block runs a selector."""
-        return [t is not None or k is not None for t, k in zip(self.thresholds, self.capacities)]
+        """(L,) whether each block runs a selector.
+
+        A capacity equal to the previous block's prunes nothing: it is compiled out (see
+        ``PrunableViT.set_capacities``), unless the schedule carries the package token.
+        """
+        package = bool(self.meta.get("package_token"))
+        out, prev = [], None
+        for t, k in zip(self.thresholds, self.capacities):
+            out.append(t is not None or (k is not None and (package or k != prev)))
+            prev = k if k is not None else prev
+        return out
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}

@@ -211,6 +211,10 @@ class PrunableViT(nn.Module):
     def set_capacities(self, capacities) -> None:
         """Set K_l per block (patch tokens kept by the capacity selector); ``None`` = no selector.
 
+        A block whose K_l is at least the patch tokens it receives (K_l = P, or K_l equal to the
+        previous block's) prunes nothing: its selector is compiled out (identity, no cost), except
+        with the package token.
+
         Clears the thresholds. Raises ValueError on a wrong length or K outside 0..P.
         """
         values = list(capacities)
@@ -252,6 +256,8 @@ class PrunableViT(nn.Module):
         static = True  # token counts are static until a threshold selector runs
         for i, blk in enumerate(self.vit.blocks):
             theta, cap = self.thresholds[i], self.capacities[i]
+            if cap is not None and cap >= tokens.shape[1] - self.num_prefix and not self.package_token:
+                cap = None  # K >= tokens present: the selector is the identity, compiled out (no cost)
             mask = fisher_masks[i] if fisher_masks is not None else None
             if theta is None and cap is None and mask is None and not want_scores:
                 tokens, scores = Block.forward(blk, tokens), None
@@ -260,7 +266,7 @@ class PrunableViT(nn.Module):
                 if theta is not None:
                     tokens = blk.select(tokens, scores, theta, package=self.package_token)
                     static = False
-                elif cap is not None:  # never more than present
+                elif cap is not None:  # never more than present (with the package token, K may equal it)
                     tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix),
                                                  package=self.package_token)
                 tokens = blk.mlp_part(tokens)

@@ -47,6 +47,8 @@ class Planner:
         if mode == "capacity" and cost_model != "latency":
             raise ValueError("capacity mode searches over measured latency: use --budget-ms with a latency table")
         self.calibration, self.cost_model, self.table, self.mode = calibration, cost_model, table, mode
+        self.package_token = bool(package_token)
+        self._repeat_saves = 0.0  # ms the search charged for a selector that the export compiles out
         L, M = calibration.thresholds.shape
         meta = calibration.meta
         self.capacities = None
@@ -71,6 +73,8 @@ class Planner:
                 kept = np.broadcast_to(self.capacities[None, :, None], (L, len(ks), 1)).copy()
                 kept[:, 1:] += int(package_token)  # the package token travels with the kept ones
                 self.cost, self.base = table.candidate_costs(kept, mode="capacity")
+                if not package_token:  # K_l = K_{l-1}: the selector is the identity and compiled out
+                    self._repeat_saves = float(table.part_ms("capacity_selector", table.num_tokens))
             else:
                 kept = calibration.kept.astype(np.int64)
                 if package_token:
@@ -101,13 +105,17 @@ class Planner:
             thr = [None] * L
             capacities = [None if m == 0 else k for m, k in zip(idx, caps)]
             kept = [float(k) for k in caps]
+            # the search charges a selector to every m > 0 (additive costs: an upper bound); the
+            # export drops it where K_l repeats the previous block's, so the prediction does too
+            repeats = sum(1 for a, b in zip(idx, idx[1:]) if b == a > 0)
+            total -= repeats * self._repeat_saves
         else:
             thr = [None if m == 0 else float(cal.thresholds[l, m]) for l, m in enumerate(idx)]
             capacities = [None] * L
             kept = [float(cal.kept[l, m].mean()) for l, m in enumerate(idx)]
         return Schedule(mode=self.mode, candidates=idx, thresholds=thr, capacities=capacities, budget=float(budget), unit=self.unit,
                         cost_model=self.cost_model, predicted=float(total), predicted_kept=kept, fisher_loss=float(loss),
-                        meta={"model_hash": cal.meta.get("model_hash"), "image_set_hash": cal.meta.get("image_set_hash"),
+                        meta={"model_hash": cal.meta.get("model_hash"), "package_token": self.package_token, "image_set_hash": cal.meta.get("image_set_hash"),
                               "num_candidates": int(cal.thresholds.shape[1] if self.capacities is None else len(self.capacities)),
                               "num_layers": L,
                               "device": None if self.table is None else self.table.device.get("name"),
