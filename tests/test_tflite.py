@@ -88,7 +88,7 @@ def test_parity_with_pytorch(capacity_tflite, images):
     res = check_parity_tflite(pm, path, images)
     assert res.runtime == "litert" and res.images == 4
     assert res.max_abs_diff < 1e-4 and res.kept_match == 1.0 and res.top1_agreement == 1.0
-    assert set(res.to_dict()) == {"runtime", "images", "max_abs_diff", "top1_agreement", "kept_match"}
+    assert set(res.to_dict()) == {"runtime", "images", "max_abs_diff", "top1_agreement", "kept_match", "boundary_flips"}
 
 
 def test_parity_detects_other_capacities(capacity_tflite, images):

@@ -39,6 +39,7 @@ class Options:
     importance: str = "fisher_block"
     mode: str | None = None          # "threshold" | "capacity"; default: capacity for tflite, threshold for onnx
     format: str | None = None        # "onnx" | "tflite"; default: the device runtime's format
+    tflite_converter: str = "litert-torch"  # "litert-torch" (static shapes) | "onnx2tf" (threshold mode)
     tokens_step: int | None = None   # token-count grid of static-shape profiles (LiteRT)
     package_token: bool = False      # SPViT eq. (8): pruned tokens averaged into one extra token
     cache_dir: str | None = None
@@ -55,17 +56,55 @@ def _protocol_tag(cfg: MeasureConfig) -> str:
 
 
 FORMAT_RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
-RUNTIME_FORMAT = {v: k for k, v in FORMAT_RUNTIME.items()}
+# the file format each runtime reads (benchmark_model: TFLite's tool on phones; "command" runs anything)
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "benchmark_model": "tflite"}
+TFLITE_CONVERTERS = ("litert-torch", "onnx2tf")
+
+
+def _planned_runtime(opts: Options) -> str | None:
+    """The runtime the device will use, known without reaching it: --runtime, else the preset's or URL's."""
+    if opts.runtime is not None:
+        return opts.runtime
+    if opts.device_settings.get("runtime"):
+        return str(opts.device_settings["runtime"])
+    try:
+        from .devices.presets import from_url, load_presets
+
+        spec = from_url(opts.device) if "://" in opts.device else load_presets(opts.device_settings.get("devices_file")).get(opts.device, {})
+    except Exception:  # noqa: BLE001 - a bad preset or URL is reported when the device is opened
+        return None
+    return spec.get("runtime")
+
+
+def check_format_mode(fmt: str | None, mode: str | None, converter: str) -> None:
+    """Refuse combinations no converter or runtime supports (``fmt``/``mode`` None: not known yet).
+
+    Raises:
+        ValueError: threshold mode in TFLite without onnx2tf; onnx2tf outside TFLite or with capacity mode.
+    """
+    if converter not in TFLITE_CONVERTERS:
+        raise ValueError(f"unknown TFLite converter {converter!r}: use {' or '.join(TFLITE_CONVERTERS)}")
+    if converter == "onnx2tf":
+        if fmt == "onnx":
+            raise ValueError("--tflite-converter onnx2tf converts to TFLite: use it with --format tflite (or a LiteRT device)")
+        if mode == "capacity":
+            raise ValueError("--tflite-converter onnx2tf is for threshold mode (it has mis-converted capacity graphs): "
+                             "capacity mode uses the default litert-torch, drop --tflite-converter")
+    elif mode == "threshold" and fmt == "tflite":
+        raise ValueError(THRESHOLD_TFLITE)
 
 
 def resolve_mode(opts: Options) -> None:
-    """Check the format/runtime/mode the user gave; an explicit --format picks its runtime.
+    """Check the format/runtime/mode/converter the user gave; an explicit --format picks its runtime.
 
-    The rest is settled once the device is known (:attr:`Context.format`, :attr:`Context.mode`).
+    The device's runtime is looked up from its preset (or URL) without reaching it, so threshold
+    mode on a static-shape runtime (LiteRT, benchmark_model) is refused before any work. The rest
+    is settled once the device is open (:attr:`Context.format`, :attr:`Context.mode`).
 
     Raises:
-        ValueError: unknown format/mode, a runtime that does not read the format, or threshold mode
-            with TFLite (NonZero: a dynamic token count, which delegates reject).
+        ValueError: unknown format/mode/converter, a runtime that does not read the format, or
+            threshold mode with TFLite without ``--tflite-converter onnx2tf`` (NonZero: a dynamic
+            token count, which litert-torch cannot convert and delegates reject).
     """
     if opts.format is not None and opts.format not in FORMAT_RUNTIME:
         raise ValueError(f"unknown format {opts.format!r}: use onnx or tflite")
@@ -76,13 +115,13 @@ def resolve_mode(opts: Options) -> None:
             opts.runtime = FORMAT_RUNTIME[opts.format]
         elif opts.runtime in RUNTIME_FORMAT and RUNTIME_FORMAT[opts.runtime] != opts.format:
             raise ValueError(f"runtime {opts.runtime} does not run {opts.format} files: use --runtime {FORMAT_RUNTIME[opts.format]}")
-    fmt = opts.format or RUNTIME_FORMAT.get(opts.runtime or "")
-    if opts.mode == "threshold" and fmt == "tflite":
-        raise ValueError(THRESHOLD_TFLITE)
+    fmt = opts.format or RUNTIME_FORMAT.get(_planned_runtime(opts) or "")
+    check_format_mode(fmt, opts.mode, opts.tflite_converter)
 
 
-THRESHOLD_TFLITE = ("threshold mode has a dynamic token count (NonZero), which TFLite delegates (XNNPACK, GPU, NNAPI) "
-                    "reject and litert-torch cannot convert: use --mode capacity")
+THRESHOLD_TFLITE = ("threshold mode has a dynamic token count (NonZero), which litert-torch cannot convert and TFLite "
+                    "delegates (XNNPACK, GPU, NNAPI) reject: use --mode capacity, or --tflite-converter onnx2tf "
+                    "(pip install 'vitedge[onnx2tf]'; runs on LiteRT's reference kernels where delegates refuse it)")
 
 
 class Context:
@@ -103,6 +142,7 @@ class Context:
         self.shape = model_shape(self.model)
         self._images: ImageSet | None = None
         self._device: Device | None = None
+        self._table_device: Device | None = None
 
     # -- inputs -----------------------------------------------------------------------------------------
     @property
@@ -140,12 +180,52 @@ class Context:
 
     @property
     def mode(self) -> str:
-        """Pruning mode: --mode, else capacity for TFLite and threshold for ONNX. Raises ValueError
-        for threshold mode on a static-shape runtime."""
-        mode = self.opts.mode or ("capacity" if self.format == "tflite" else "threshold")
-        if mode == "threshold" and self.format == "tflite":
-            raise ValueError(THRESHOLD_TFLITE)
+        """Pruning mode: --mode, else threshold for ONNX (and for TFLite through onnx2tf), capacity for
+        TFLite. Raises ValueError for threshold mode on a static-shape runtime without onnx2tf."""
+        fmt, conv = self.format, self.opts.tflite_converter
+        mode = self.opts.mode or ("capacity" if fmt == "tflite" and conv != "onnx2tf" else "threshold")
+        check_format_mode(fmt, mode, conv)
         return mode
+
+    @property
+    def tflite_converter(self) -> str | None:
+        """The TFLite converter ("litert-torch" or "onnx2tf"); None for ONNX."""
+        return self.opts.tflite_converter if self.format == "tflite" else None
+
+    def require_exporter(self) -> None:
+        """Check, before any work, that the export route's packages are there.
+
+        Raises:
+            TFLiteUnavailableError: litert-torch (``vitedge[tflite]``) or onnx2tf (``vitedge[onnx2tf]``) missing.
+        """
+        if self.format != "tflite":
+            return
+        self.mode  # noqa: B018 - refuses an impossible format/mode/converter first
+        if self.tflite_converter == "onnx2tf":
+            from .exporters.onnx2tf import find_onnx2tf
+
+            find_onnx2tf()
+        else:
+            import importlib.util
+
+            from .exporters.tflite import EXTRA_HINT, TFLiteUnavailableError
+
+            if importlib.util.find_spec("litert_torch") is None:
+                raise TFLiteUnavailableError(f"TFLite export needs litert-torch: {EXTRA_HINT}")
+
+    @property
+    def table_device(self) -> Device:
+        """The device the latency table is profiled on: the device itself, except for threshold
+        mode in TFLite (onnx2tf), whose parts have dynamic token counts that LiteRT's static
+        per-n signatures cannot time: that table is measured with ONNX Runtime on the same device
+        (the same NonZero graphs), and the closed loop measures the .tflite in LiteRT."""
+        if self.format == "tflite" and self.mode == "threshold":
+            if self._table_device is None:
+                o = self.opts
+                self._table_device = get_device(o.device, runtime="onnxruntime", threads=o.threads,
+                                                config=o.model_config, **o.device_settings)
+            return self._table_device
+        return self.device
 
     def cache_root(self) -> Path:
         return cache.cache_dir(self.opts.cache_dir)
@@ -187,7 +267,7 @@ class Context:
                 table.check_model(self.shape, source=str(path))
                 self.log(table.note())
                 return table
-        dev = self.device
+        dev = self.table_device
         if path is not None:
             table = LatencyTable.load(path)
             table.check_model(self.shape, source=str(path))

@@ -34,14 +34,32 @@ class BudgetNotMetError(RuntimeError):
 
 
 class Artifact:
-    """How a format is exported, audited and checked against PyTorch."""
+    """How a format is exported, audited and checked against PyTorch.
 
-    def __init__(self, fmt: str):
+    ``converter`` (TFLite only): "litert-torch" (static shapes: capacity mode or no pruning) or
+    "onnx2tf" (threshold mode: ONNX at opset 20, converted by the onnx2tf CLI and checked against
+    that ONNX file on ``feeds`` before it is kept; see :mod:`vitedge.exporters.onnx2tf`).
+    """
+
+    def __init__(self, fmt: str, converter: str | None = None, feeds: list | None = None):
         self.fmt, self.suffix = fmt, "." + fmt
+        self.converter = (converter or "litert-torch") if fmt == "tflite" else None
+        self.feeds = feeds
+        self.conversions: list[dict] = []  # onnx2tf: seconds and parity of each conversion
 
     def export(self, model, path, *, pruned: bool = True) -> None:
         if self.fmt == "onnx":
             (export_pruned if pruned else export_unpruned)(model, path)
+            return
+        if self.converter == "onnx2tf":
+            from .exporters.onnx2tf import ONNX2TF_OPSET, export_tflite_onnx2tf
+
+            with tempfile.TemporaryDirectory(prefix="vitedge-onnx-") as tmp:
+                onnx_path = Path(tmp) / "model.onnx"
+                (export_pruned if pruned else export_unpruned)(model, onnx_path, opset=ONNX2TF_OPSET)
+                res = export_tflite_onnx2tf(onnx_path, path, feeds=self.feeds)
+            self.conversions.append({"file": Path(path).name, "convert_seconds": res.convert_seconds,
+                                     "parity_vs_onnx": res.parity})
             return
         import torch
 
@@ -171,14 +189,21 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
     t0 = time.time()
     out = Path(out)
     model = ctx.model
+    ctx.require_exporter()  # a missing converter is reported before calibrating and profiling
+    mode = ctx.mode
+    artifact = Artifact(ctx.format, ctx.tflite_converter, feeds=ctx.feeds(8) if ctx.tflite_converter == "onnx2tf" else None)
     cal = ctx.calibration(calibration_path)
     table = ctx.latency_table(table_path)
-    mode, artifact = ctx.mode, Artifact(ctx.format)
     planner = Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens,
                       package_token=model.package_token)
     if budget_ms < planner.min_budget:
         planner.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
     notes: list[str] = []
+    if artifact.converter == "onnx2tf":
+        notes.append("threshold mode in TFLite through onnx2tf: the token count is dynamic inside the model, so "
+                     "delegates that need static shapes (GPU, NNAPI, NPUs) reject those nodes and they run on LiteRT's "
+                     "reference kernels (XNNPACK coverage in 'xnnpack'); the latency table was profiled with ONNX Runtime "
+                     f"on {ctx.table_device.name}, the closed loop measured the .tflite in {ctx.device.runtime}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".vitedge-", dir=out.parent) as tmp:
         work = Path(tmp)
@@ -212,6 +237,8 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
             "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
             "speedup": unpruned["median_ms"] / measured["median_ms"],
             "format": artifact.fmt, "mode": mode, "package_token": model.package_token,
+            **({"tflite_converter": artifact.converter} if artifact.converter else {}),
+            **({"conversions": artifact.conversions} if artifact.conversions else {}),
             "schedule": {"mode": schedule.mode, "blocks": blocks, "fisher_loss": schedule.fisher_loss},
             **audit, "parity": parity, "accuracy": accuracy, "rounds": loop.rounds,
             "model": {"name": model.model_name, "hash": ctx.model_hash, **ctx.shape, "has_weights": model.has_weights},

@@ -24,6 +24,7 @@ def _handle_errors(fn):
         from ..data.images import ImageSetError
         from ..devices import DeviceError, PlanError, RuntimeMissingError
         from ..exporters.onnx import ExportError
+        from ..exporters.tflite import TFLiteUnavailableError
         from ..models.adapter import UnsupportedModelError
         from ..models.loading import ModelLoadError
         from ..pipeline import BudgetNotMetError
@@ -34,8 +35,8 @@ def _handle_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except RuntimeMissingError as e:
-            _fail(str(e), 3)
+        except (RuntimeMissingError, TFLiteUnavailableError) as e:  # a missing package (or extra)
+            _fail(" ".join(str(e).split()), 3)
         except BudgetNotMetError as e:
             _fail(str(e), 1)
         except (ModelLoadError, UnsupportedModelError, ImageSetError, CalibrationError, LatencyTableError,
@@ -71,6 +72,11 @@ def model_options(fn):
                      help="export format (default: the runtime's: onnxruntime -> onnx, litert -> tflite)."),
         click.option("--mode", type=click.Choice(["threshold", "capacity"]), default=None,
                      help="pruning: threshold (NonZero, dynamic count) or capacity (exactly K_l tokens, static shapes). Default: capacity for tflite, threshold for onnx."),
+        click.option("--tflite-converter", type=click.Choice(["litert-torch", "onnx2tf"]), default="litert-torch",
+                     show_default=True,
+                     help="TFLite route: litert-torch (static shapes) or onnx2tf (threshold mode only; needs "
+                          "vitedge[onnx2tf] or $VITEDGE_ONNX2TF; every file parity-checked; dynamic shapes run on "
+                          "reference kernels where delegates refuse them)."),
         click.option("--package-token", is_flag=True,
                      help="append one token averaging the pruned ones, weighted by CLS score (SPViT eq. 8, no training)."),
         click.option("--tokens-step", type=click.IntRange(min=1), default=None,
@@ -92,7 +98,8 @@ def _options(kw: dict, **extra) -> Options:
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
                    device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"),
-                   package_token=bool(kw.get("package_token")), **extra)
+                   package_token=bool(kw.get("package_token")),
+                   tflite_converter=kw.get("tflite_converter") or "litert-torch", **extra)
     preset = measure_overrides(kw["device"], kw.get("devices_file"))  # the preset's protocol, then the flags
     opts.profile_config = replace(opts.profile_config, **preset["profile"])
     opts.model_config = replace(opts.model_config, **preset["model"])
@@ -139,6 +146,8 @@ def profile(output, resume, **kw):
     if not resume:
         refuse_existing(partial_path(output))  # an interrupted profile's points are never thrown away silently
     ctx = Context(_options(kw, profile_partial=str(partial_path(output)), resume=resume), log=_log)
+    if ctx.table_device.runtime == "litert":
+        ctx.require_exporter()  # the parts are converted with litert-torch: missing -> one line, before any work
     table = ctx.latency_table()
     table.save(output)
     N = table.num_tokens
@@ -211,7 +220,8 @@ def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rou
         f"model     {report['model']['name']} ({report['model']['num_tokens']} tokens, {report['model']['depth']} blocks)",
         f"budget    {budget_ms:.3f} ms   measured {m['median']:.3f} ms median (p90 {m['p90']:.3f}, {m['runs']} runs)   "
         f"unpruned {u['median']:.3f} ms   speed-up x{report['speedup']:.2f}   predicted {report['predicted_ms']:.3f} ms",
-        f"kept      mean patch tokens per block {kept} ({report['mode']} mode, {report['format']})",
+        f"kept      mean patch tokens per block {kept} ({report['mode']} mode, {report['format']}"
+        + (f" via {report['tflite_converter']}" if report.get("tflite_converter") else "") + ")",
         f"parity    max |logit diff| {report['parity']['max_abs_diff']:.1e}, top-1 agreement {report['parity']['top1_agreement']:.3f}",
     ]
     if "xnnpack" in report:
