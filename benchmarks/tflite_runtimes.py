@@ -18,8 +18,9 @@ message).  Every run is pinned with ``taskset -c --cpus`` (default core 1) at ``
 
 Timing: ``--rounds`` rounds; in each round one runner process per interpreter times every file on the
 same ``--images`` images (cycled), the two processes in alternating order (A B, B A, ...) so that
-machine drift cancels.  Per file and interpreter: median and p90 of the pooled samples, the round
-medians, and the ratio tflite-runtime / ai-edge-litert as the median (p10-p90) of the per-round ratios.
+machine drift cancels.  Per file and interpreter: the median over rounds of the round medians and of
+the round p90s, and the ratio tflite-runtime / ai-edge-litert as the median (p10-p90) of the
+per-round ratios of medians.
 
 Parity (first round): the runner saves each interpreter's outputs for the images (``outputs_npz``);
 compared with PyTorch at batch 1: max |logit difference| against ``ATOL`` (stated per model), top-1
@@ -131,6 +132,21 @@ def export_variants(name: str, args, work: Path) -> list[dict]:
     return out
 
 
+def code_version() -> dict | None:
+    """The commit the files were exported from, and the model/exporter sources that differed from it (the
+    working tree is shared), or None without git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "vitedge", "exporters", "devices"], cwd=root,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return {"commit": head.stdout.strip(), "uncommitted": [ln[3:] for ln in dirty.stdout.splitlines() if ln.strip()]}
+
+
 # ------------------------------------------------------------------ runner subprocesses
 def pin_prefix(cpus: str) -> list[str]:
     """["taskset", "-c", cpus], or [] where taskset is missing (recorded in the JSON)."""
@@ -160,7 +176,7 @@ def run_runner(python: str, plan: Path, pin: list[str], timeout_s: float) -> dic
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=plan.parent)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"{' '.join(argv[-4:-2])} exited {proc.returncode}: {tail}")
+        raise BenchError(f"{python} runner.py {plan.name} exited {proc.returncode}: {tail}")
     res = json.loads(result.read_text())
     bad = [p for p in res["points"] if p["error_code"] != 0 or p.get("outputs_error")]
     if bad:
@@ -189,9 +205,13 @@ def measure(variants: list[dict], pythons: dict, args, work: Path, threads: int)
 
 # ------------------------------------------------------------------ statistics
 def latency_stats(rows: list[dict]) -> dict:
-    """Pooled samples (ms) of one file in one interpreter over the rounds."""
+    """One file in one interpreter over the rounds (ms): ``median_ms``/``p90_ms`` are the median over rounds of
+    each round's median/p90, so that every round weighs the same (a round's sample count depends on how fast
+    it ran: --min-time); ``pooled_*`` over all samples."""
     pooled = np.concatenate([np.asarray(r["samples_ms"], float) for r in rows])
-    return {"median_ms": float(np.median(pooled)), "p90_ms": float(np.percentile(pooled, 90)),
+    return {"median_ms": float(np.median([r["median_ms"] for r in rows])),
+            "p90_ms": float(np.median([r["p90_ms"] for r in rows])),
+            "pooled_median_ms": float(np.median(pooled)), "pooled_p90_ms": float(np.percentile(pooled, 90)),
             "round_medians_ms": [r["median_ms"] for r in rows], "samples": int(pooled.size)}
 
 
@@ -256,9 +276,13 @@ def report(data: dict) -> str:
           f"Pinned: `{' '.join(env['pinning']['prefix']) or 'not pinned (no taskset)'}`; "
           f"{data['rounds']} interleaved rounds; {data['images']} images cycled; load average at the end "
           f"{env['load_average_1_5_15min']}; CPU {env['cpu_model']}.\n\n"]
+    code = env.get("code") or {}
+    if code:
+        md.append(f"Exported from commit {code['commit'][:10]}" + (
+            f" with uncommitted changes in {', '.join(code['uncommitted'])}" if code["uncommitted"] else "") + ".\n\n")
     if skipped:
         md.append(f"**tflite-runtime side skipped**: {skipped}\n\n")
-    md.append("## Latency (ms, pooled samples over the rounds)\n\n")
+    md.append("## Latency (ms; median and p90: the median over rounds of each round's median and p90)\n\n")
     lat = []
     for r in rows:
         a, b = r["runtimes"].get(LITERT, {}), r["runtimes"].get(TFLRT, {})
@@ -352,6 +376,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        code = code_version()
         variants = [v for m in args.models for v in export_variants(m, args, work)]
         rows = []
         try:
@@ -363,6 +388,7 @@ def main() -> int:
             return 1
     env = environment()
     env["pinning"] = {"cpus": args.cpus, "prefix": pin_prefix(args.cpus), "runner_threads": args.threads}
+    env["code"] = code
     env["interpreters"] = {rt: {"python": pythons[rt], "runner_environment": g["environment"]} for rt, g in got.items()}
     data = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}, "rounds": args.rounds,
             "images": args.images, "skipped": skipped, "atol": {**ATOL, "other models": ATOL_OTHER},
