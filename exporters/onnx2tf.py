@@ -194,12 +194,23 @@ def _image_feeds(onnx_path, count: int = 8, seed: int = 0) -> list[dict]:
     return feeds
 
 
+def _constant_outputs(onnx_path) -> set[str]:
+    """Graph outputs that are initializers or Constant node outputs (onnx2tf drops them)."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    consts = {t.name for t in m.graph.initializer} | {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
+    return {o.name for o in m.graph.output if o.name in consts}
+
+
 def check_parity_onnx(tflite_path, onnx_path, feeds: list[dict], *, atol: float = 1e-4) -> dict:
     """Run the ONNX model (ONNX Runtime) and the .tflite (ai-edge-litert, 1 thread) on ``feeds``.
 
     Outputs are matched by name. Integer outputs (kept-token counts) must be equal; at most
     max(1, 10 %) of the inputs may keep a different token count (a score within float rounding of
-    a threshold); where they agree, float outputs may differ by at most ``atol``.
+    a threshold); where they agree, float outputs may differ by at most ``atol``. An ONNX output
+    that is a constant (``kept_tokens`` of a model that prunes nothing) may be missing: onnx2tf
+    drops constant outputs; it is listed in ``constant_outputs_dropped``.
 
     Raises:
         ConversionParityError: different output names or shapes, values off by more than ``atol``,
@@ -217,6 +228,7 @@ def check_parity_onnx(tflite_path, onnx_path, feeds: list[dict], *, atol: float 
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
+    constant = _constant_outputs(onnx_path)
     try:
         interp = Interpreter(model_path=str(tflite_path), num_threads=1)
         sigs = interp.get_signature_list()
@@ -225,13 +237,18 @@ def check_parity_onnx(tflite_path, onnx_path, feeds: list[dict], *, atol: float 
     except Exception as e:  # noqa: BLE001 - the interpreter's own error for a broken file
         raise ConversionParityError(f"{name} cannot be run in ai-edge-litert ({type(e).__name__}: "
                                     f"{' '.join(str(e).split())[:200]})", float("inf")) from None
-    if sorted(sigs[key]["outputs"]) != sorted(out_names):
-        raise ConversionParityError(f"{name} has outputs {sorted(sigs[key]['outputs'])}, the ONNX model "
+    got_names = set(sigs[key]["outputs"])
+    dropped = sorted(set(out_names) - got_names)
+    if got_names - set(out_names) or set(dropped) - constant or not got_names:
+        raise ConversionParityError(f"{name} has outputs {sorted(got_names)}, the ONNX model "
                                     f"{sorted(out_names)}: it is not a conversion of {Path(onnx_path).name}", float("inf"))
+    all_names, out_idx = out_names, {k: i for i, k in enumerate(out_names)}
+    out_names = [k for k in out_names if k in got_names]
     in_names = list(sigs[key]["inputs"])
     worst, kept_diff, n = 0.0, 0, len(feeds)
     for feed in feeds:
-        ref = dict(zip(out_names, sess.run(None, feed)))
+        ref_all = sess.run(None, feed)
+        ref = {k: ref_all[out_idx[k]] for k in out_names}
         try:
             got = runner(**{k: feed[k] for k in in_names}) if set(in_names) <= set(feed) else runner(
                 **dict(zip(in_names, feed.values())))
@@ -250,7 +267,8 @@ def check_parity_onnx(tflite_path, onnx_path, feeds: list[dict], *, atol: float 
             if k not in ints:
                 worst = max(worst, float(np.abs(np.asarray(got[k], np.float64) - np.asarray(ref[k], np.float64)).max()))
     result = {"runtime": "ai-edge-litert vs onnxruntime", "inputs": n, "max_abs_diff": worst,
-              "kept_mismatch": kept_diff, "atol": atol}
+              "kept_mismatch": kept_diff, "atol": atol, "outputs": [k for k in all_names if k in got_names],
+              "constant_outputs_dropped": dropped}
     if worst > atol or kept_diff > max(1, n // 10):
         raise ConversionParityError(f"onnx2tf produced a wrong {name}: max |diff| {worst:.2e} vs the ONNX model "
                                     f"(atol {atol:.0e}), kept tokens differ on {kept_diff}/{n} inputs", worst)

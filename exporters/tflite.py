@@ -240,9 +240,12 @@ def check_parity_tflite(model, path, images, *, atol: float = 1e-4, limit: int =
             x = images.images[i:i + 1]
             ref = model.forward_with_info(torch.from_numpy(x), want_scores=True)
             out = runner(**{in_name: x})
-            logits, kept = (out["logits"], out["kept_tokens"]) if {"logits", "kept_tokens"} <= set(out) else (out[k] for k in sorted(out))
-            kept = np.asarray(kept).astype(np.int64)
             ref_kept = np.array([int(k) for k in ref.kept])
+            if set(out) == {"logits"}:  # onnx2tf drops kept_tokens when it is a constant (nothing pruned)
+                logits, kept = out["logits"], np.full_like(ref_kept, model.num_patches)
+            else:
+                logits, kept = (out["logits"], out["kept_tokens"]) if {"logits", "kept_tokens"} <= set(out) else (out[k] for k in sorted(out))
+            kept = np.asarray(kept).astype(np.int64)
             top1 += int(logits.argmax() == ref.logits.numpy().argmax())
             if np.array_equal(kept, ref_kept):
                 kept_ok += 1

@@ -177,6 +177,29 @@ def test_conversion_with_other_outputs_is_rejected(linear_pair, threshold_onnx, 
     assert not (tmp_path / "m.tflite").exists()
 
 
+def _with_extra_output(src: Path, dst: Path, *, constant: bool) -> Path:
+    """``src`` plus an int64 output ``kept_tokens``: a constant (as a model that prunes nothing has) or computed."""
+    m = onnx.load(str(src))
+    if constant:
+        m.graph.initializer.append(numpy_helper.from_array(np.array([12, 12], np.int64), "kept_tokens"))
+    else:
+        m.graph.node.append(onnx.helper.make_node("Shape", [m.graph.input[0].name], ["kept_tokens"]))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("kept_tokens", onnx.TensorProto.INT64, [2]))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_dropped_constant_output_is_accepted_and_reported(linear_pair, tmp_path):
+    """onnx2tf drops constant outputs (kept_tokens when nothing is pruned); a computed output may not go missing."""
+    feeds = o2t._image_feeds(linear_pair / "a.onnx", count=2)
+    onnx_const = _with_extra_output(linear_pair / "a.onnx", tmp_path / "const.onnx", constant=True)
+    res = o2t.check_parity_onnx(linear_pair / "a.tflite", onnx_const, feeds)
+    assert res["constant_outputs_dropped"] == ["kept_tokens"] and res["outputs"] == ["output_0"]
+    onnx_computed = _with_extra_output(linear_pair / "a.onnx", tmp_path / "computed.onnx", constant=False)
+    with pytest.raises(ConversionParityError, match="not a conversion of computed.onnx"):
+        o2t.check_parity_onnx(linear_pair / "a.tflite", onnx_computed, feeds)
+
+
 # ------------------------------------------------------------------------------ a real conversion (onnx2tf installed)
 needs_onnx2tf = pytest.mark.skipif(not _onnx2tf_available(),
                                    reason="onnx2tf not installed (set VITEDGE_ONNX2TF or put onnx2tf on PATH)")
@@ -236,3 +259,58 @@ def test_real_conversion_of_another_model_is_rejected(converted, tmp_path, monke
         export_tflite_onnx2tf(tmp_path / "other.onnx", tmp_path / "out.tflite",
                               feeds=[{"image": images[i:i + 1]} for i in range(8)])
     assert not (tmp_path / "out.tflite").exists()
+
+
+@needs_onnx2tf
+def test_real_conversion_of_a_model_that_prunes_nothing(tmp_path):
+    """kept_tokens is a constant there: onnx2tf drops it; the file is still checked and kept (logits only)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from vitedge.data.digits import ImageSet
+    from vitedge.exporters.tflite import check_parity_tflite
+
+    pm = PrunableViT(make_tiny_vit())
+    export_pruned(pm, tmp_path / "keep_all.onnx", opset=ONNX2TF_OPSET)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
+    res = export_tflite_onnx2tf(tmp_path / "keep_all.onnx", tmp_path / "keep_all.tflite",
+                                feeds=[{"image": images[i:i + 1]} for i in range(4)])
+    assert res.parity["constant_outputs_dropped"] == ["kept_tokens"] and res.parity["max_abs_diff"] < 1e-4
+    assert Interpreter(model_path=str(tmp_path / "keep_all.tflite")).get_signature_list()["serving_default"]["outputs"] == ["logits"]
+    par = check_parity_tflite(pm, tmp_path / "keep_all.tflite", ImageSet(images=images, labels=None, name="random"))
+    assert par.kept_match == 1.0 and par.max_abs_diff < 1e-4
+    pm.set_thresholds([None, THETA])                                   # PyTorch now prunes, the file cannot say so
+    with pytest.raises(ParityError, match="kept tokens equal on 0/4"):
+        check_parity_tflite(pm, tmp_path / "keep_all.tflite", ImageSet(images=images, labels=None, name="random"))
+
+
+@needs_onnx2tf
+@pytest.mark.slow
+def test_cli_export_through_onnx2tf(tmp_path):
+    """`vitedge export --format tflite --tflite-converter onnx2tf` with a budget above the unpruned latency:
+    two conversions (unpruned, keep-all), the ONNX Runtime table, the report's converter facts."""
+    import json
+
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from vitedge.cli.main import main
+    from vitedge.models.reference import build_reference
+
+    torch.manual_seed(0)
+    save_file(build_reference(weights=False).state_dict(), str(tmp_path / "ref.safetensors"))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(tmp_path / "ref.safetensors"), "--quiet", "--warmup", "1",
+                                  "--runs", "3", "--min-time", "0", "--calib-limit", "24", "--threads", "1",
+                                  "--cache-dir", str(tmp_path / "cache"), "--format", "tflite", "--tflite-converter", "onnx2tf",
+                                  "--budget-ms", "10000", "-o", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.tflite", "report.json", "schedule.json"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["format"] == "tflite" and rep["mode"] == "threshold" and rep["tflite_converter"] == "onnx2tf"
+    assert [c["file"] for c in rep["conversions"]] == ["unpruned.tflite", "keep_all.tflite"]
+    assert all(c["parity_vs_onnx"]["max_abs_diff"] < 1e-4 for c in rep["conversions"])
+    assert rep["parity"]["max_abs_diff"] < 1e-4 and rep["xnnpack"]["nodes"] > 0
+    assert "onnx2tf" in rep["notes"][0] and rep["device"]["runtime"] == "onnxruntime"   # the table's runtime
+    assert rep["device"]["model_runtime"] == "litert"
+    assert "via onnx2tf" in r.stdout
+    assert any(p.name.startswith("table-") and "onnxruntime" in p.name for p in (tmp_path / "cache").iterdir())

@@ -200,10 +200,11 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
         planner.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
     notes: list[str] = []
     if artifact.converter == "onnx2tf":
-        notes.append("threshold mode in TFLite through onnx2tf: the token count is dynamic inside the model, so "
-                     "delegates that need static shapes (GPU, NNAPI, NPUs) reject those nodes and they run on LiteRT's "
-                     "reference kernels (XNNPACK coverage in 'xnnpack'); the latency table was profiled with ONNX Runtime "
-                     f"on {ctx.table_device.name}, the closed loop measured the .tflite in {ctx.device.runtime}")
+        notes.append("threshold mode in TFLite through onnx2tf: the token count is dynamic inside the model; the "
+                     "selection ops (WHERE, GATHER, SHAPE, ...) run on LiteRT's reference kernels, delegates that need "
+                     "static shapes (GPU, NNAPI, NPUs) reject the dynamic-shaped nodes, XNNPACK's coverage is in 'xnnpack'; "
+                     f"the latency table was profiled with ONNX Runtime on {ctx.table_device.name}, the closed loop "
+                     f"measured the .tflite in {ctx.device.runtime}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".vitedge-", dir=out.parent) as tmp:
         work = Path(tmp)
@@ -242,7 +243,8 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
             "schedule": {"mode": schedule.mode, "blocks": blocks, "fisher_loss": schedule.fisher_loss},
             **audit, "parity": parity, "accuracy": accuracy, "rounds": loop.rounds,
             "model": {"name": model.model_name, "hash": ctx.model_hash, **ctx.shape, "has_weights": model.has_weights},
-            "device": {**table.device, "measure_protocol": ctx.device.describe()["config"]},
+            "device": {**table.device, "measure_protocol": ctx.device.describe()["config"],
+                       "model_runtime": ctx.device.runtime},  # the table's runtime differs for threshold mode via onnx2tf
             "images": {"calibration": ctx.images.name, "count": len(ctx.images), "measured_on": len(ctx.feeds())},
             "artifacts": {f"model{artifact.suffix}": file_sha256(path), "calibration_model_hash": cal.meta["model_hash"],
                           "calibration_image_set_hash": cal.meta["image_set_hash"],
