@@ -45,7 +45,7 @@ def _ctx(name, args, work, **kw) -> Context:
 
 def _unpruned(ctx: Context, work: Path) -> float:
     art = Artifact(ctx.format)
-    path = work / f"unpruned-{ctx.format}{art.suffix}"
+    path = work / f"unpruned-{ctx.model_hash}-{ctx.format}{art.suffix}"
     if not path.exists():
         art.export(ctx.model, path, pruned=False)
     return ctx.device.measure_model(path, ctx.feeds())["median_ms"]
@@ -73,14 +73,14 @@ OVERHEAD_VARIANTS = {  # name -> K_l per block, from P and L
 def capacity_overhead(ctx_lit: Context, work: Path, rounds: int, quick: bool) -> dict:
     """Capacity schedules that prune (almost) nothing vs unpruned, both TFLite, interleaved A/B in LiteRT."""
     model, art = ctx_lit.model, Artifact("tflite")
-    a_path = work / "ovh_unpruned.tflite"
+    a_path = work / f"ovh_unpruned-{ctx_lit.model_hash}.tflite"
     art.export(model, a_path, pruned=False)
     threads = ctx_lit.device.threads
     cfg = MeasureConfig(warmup=5, min_runs=5 if quick else 20, min_time_s=0.02 if quick else 0.2)
     a = open_session("litert", str(a_path), threads)
     out = {}
     for i, (label, caps) in enumerate(OVERHEAD_VARIANTS.items()):
-        b_path = work / f"ovh_capacity_{i}.tflite"
+        b_path = work / f"ovh_capacity_{i}-{ctx_lit.model_hash}.tflite"
         model.set_capacities(caps(model.num_patches, model.depth))
         art.export(model, b_path)
         model.set_thresholds([None] * model.depth)
@@ -198,11 +198,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_model(m, args, Path(tmp)) for m in args.models]
-    write_results("modes", {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()},
-                            "results": results}, report(results, args), args.out)
-    plot(results, args.out / "modes.png")
+        for m in args.models:  # written after each model, so a later failure keeps the earlier ones
+            results.append(run_model(m, args, Path(tmp)))
+            write_results("modes", {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()},
+                                    "results": results}, report(results, args), args.out)
+            plot(results, args.out / "modes.png")
     print(report(results, args))
 
 

@@ -8,7 +8,9 @@ Variants (B) against timm's unpruned export (A), on the same calibration images:
   (no selector; only the extra ``kept_tokens`` output);
 - ``selectors_keep_all``: a threshold selector in every block whose threshold (-1) keeps every
   token: explicit attention + CLS scores + GreaterOrEqual + NonZero + Gather all run (worst case);
-- ``capacity_keep_all``: a capacity selector (K = P) in every block: rank by counting + one-hot MatMul.
+- ``capacity_keep_all``: K = P in every block: a capacity that prunes nothing is compiled out;
+- ``capacity_selectors``: K_l = P - 1 - l, a capacity selector running in every block (rank by
+  counting + one-hot MatMul) while pruning one token per block (a worst case for the selector).
 Target (issue 2): pruned-with-nothing-pruned costs <= 2 % more. Writes results/overhead.{json,md,png}.
 """
 from __future__ import annotations
@@ -25,11 +27,12 @@ from vitedge.models.reference import REFERENCE_NAME
 
 
 def run_model(name: str, args, work: Path) -> dict:
-    ctx = Context(Options(model=name, progress=False, calib_limit=16), log=print)
+    ctx = Context(Options(model=name, progress=False, calib_limit=16, threads=args.threads), log=print)
     model, L = ctx.model, ctx.model.depth
     export_unpruned(model, work / "a.onnx")
     variants = {"keep_all": ([None] * L, None), "selectors_keep_all": ([-1.0] * L, None),
-                "capacity_keep_all": (None, [model.num_patches] * L)}
+                "capacity_keep_all": (None, [model.num_patches] * L),
+                "capacity_selectors": (None, [model.num_patches - 1 - l for l in range(L)])}
     cfg = MeasureConfig(warmup=5, min_runs=20 if not args.quick else 5, min_time_s=0.2 if not args.quick else 0.02)
     threads = ctx.device.threads
     a = open_session("onnxruntime", str(work / "a.onnx"), threads)
@@ -55,6 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=[REFERENCE_NAME, "vit_small_patch16_224"])
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (0: all cores)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()

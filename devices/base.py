@@ -36,8 +36,8 @@ class Device:
     config: MeasureConfig = field(default_factory=MeasureConfig)
 
     def __post_init__(self):
-        if self.threads <= 0:
-            self.threads = os.cpu_count() or 1
+        if self.threads <= 0:  # all cores this process may run on (taskset/cgroup affinity), as the remote probe counts
+            self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if self.runtime not in runner.available_runtimes():
             raise DeviceError(f"unknown runtime {self.runtime!r}: use one of {', '.join(runner.available_runtimes())}")
 

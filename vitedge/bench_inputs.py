@@ -87,7 +87,7 @@ def _tflite_input(path: Path):
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
             raise BenchError("reading a .tflite model needs ai-edge-litert (or tflite-runtime) on this host: "
-                             "run `python -m pip install ai-edge-litert`") from None
+                             "run `pip install 'vitedge[tflite]'` (or `python -m pip install ai-edge-litert`)") from None
     try:
         details = Interpreter(model_path=str(path)).get_input_details()
     except Exception as e:  # noqa: BLE001

@@ -74,7 +74,7 @@ class Planner:
                 kept[:, 1:] += int(package_token)  # the package token travels with the kept ones
                 self.cost, self.base = table.candidate_costs(kept, mode="capacity")
                 if not package_token:  # K_l = K_{l-1}: the selector is the identity and compiled out
-                    self._repeat_saves = float(table.part_ms("capacity_selector", table.num_tokens))
+                    self._repeat_saves = table.selector_charge_ms("capacity")
             else:
                 kept = calibration.kept.astype(np.int64)
                 if package_token:

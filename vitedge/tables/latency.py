@@ -158,8 +158,12 @@ class LatencyTable:
         per_image = self.part_ms("mlp", n)
         per_image[:-1] += self.part_ms("attention", n[:-1])
         cost = per_image.mean(axis=2)
-        cost[:, 1:] += float(self.part_ms(self._selector(mode), self.num_tokens))
+        cost[:, 1:] += self.selector_charge_ms(mode)
         return cost, self.base_ms()
+
+    def selector_charge_ms(self, mode: str = "threshold") -> float:
+        """What :meth:`candidate_costs` charges for one selector (ms): its latency on N tokens."""
+        return float(self.part_ms(self._selector(mode), self.num_tokens))
 
     # -- checks and IO -------------------------------------------------------------------------------
     def check_model(self, shape: dict, *, source: str = "latency table") -> None:

@@ -143,6 +143,10 @@ class ReferenceTable:
         cost[-1] = 0.0
         return cost, self.base_ms()
 
+    def selector_charge_ms(self, mode: str = "threshold") -> float:
+        """Selectors are free on a reference table (SPViT's rows include them): 0.0 ms."""
+        return 0.0
+
     def predict_ms(self, kept, selectors=None) -> np.ndarray:
         """Sum of block latencies for kept patch tokens (L,) or (L, D); selectors are free (SPViT:
         < 1 % of a block, disregarded).  Raises ReferenceTableError beyond the coverage."""
