@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ CASES = {
               ["modes.json", "modes.md", "modes.png", f"litert_table_{REF}.png"]),
     "selector_variants": (["--quick", "--threads", "1", "--rounds", "1"],
                           ["selector_variants.json", "selector_variants.md", "selector_variants.png"]),
+    "onnx2tf_route": (["--quick", "--images", "4"], ["onnx2tf.json", "onnx2tf.md"]),  # only with onnx2tf
     "remote_devices": (["--quick", "--rounds", "1", "--kills", "1", "--limits", "min", "--calib-limit", "4"],
                        ["remote_devices.json", "remote_devices.md", "remote_devices.png"]),
     "bench_gate": (["--reps", "1", "--truth-pairs", "2", "--work", "{tmp}/work"], ["bench_gate.json", "bench_gate.md", "bench_gate.png"]),
@@ -61,12 +63,14 @@ def check_output(path: Path) -> None:
 
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
-SLOW = {"budget_fidelity", "modes", "bench_gate"}
+SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in CASES])
 def test_benchmark_script_smoke(script, tmp_path, cache):
     args, expected = CASES[script]
+    if script == "onnx2tf_route" and not (os.environ.get("VITEDGE_ONNX2TF") or shutil.which("onnx2tf")):
+        pytest.skip("onnx2tf is not installed (vitedge[onnx2tf], own venv: set VITEDGE_ONNX2TF)")
     out = tmp_path / "out"
     cmd = [sys.executable, str(BENCH / f"{script}.py"), *[a.format(tmp=tmp_path) for a in args], "--out", str(out)]
     env = dict(os.environ, VITEDGE_CACHE=str(cache), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
