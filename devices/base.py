@@ -6,6 +6,7 @@ documented there. No torch here.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -14,6 +15,15 @@ from typing import Callable
 
 from . import runner
 from .runner import MeasureConfig, PlanError, RuntimeMissingError
+
+
+def file_sha256(path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks (model files, artifacts)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 # runtime -> the packages that provide it on a host, first found wins (LiteRT: ai-edge-litert, else tflite-runtime)
 RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime",), "litert": ("ai-edge-litert", "tflite-runtime")}

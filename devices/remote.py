@@ -21,7 +21,6 @@ No torch here; nothing ever goes through a local shell.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runner
-from .base import _DEVICES, Device, DeviceError
+from .base import _DEVICES, Device, DeviceError, file_sha256
 from .presets import SCHEMA, from_url, load_presets, split_host
 from .runner import RuntimeMissingError
 from .transports import ConnectionLostError, Transport, check_remote_path, make_transport
@@ -94,11 +93,7 @@ print(json.dumps(out))
 
 
 def _sha12(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -6,13 +6,14 @@ domain, so the file runs on edge runtimes and their delegates' reference kernels
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import torch
+
+from ..devices.base import file_sha256  # noqa: F401  (re-exported: vitedge.pipeline)
 
 DEFAULT_OPSET = 18
 # ONNX has no Sort/ArgSort op; the names guard against custom domains and future opsets.
@@ -59,13 +60,6 @@ def audit_ops(model) -> dict[str, int]:
         raise OpAuditError(f"exported graph contains ops edge runtimes reject: {', '.join(sorted(bad))}")
     return dict(sorted(counts.items()))
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(module: torch.nn.Module, example_inputs: tuple, path: str | Path, *, input_names: list[str],

@@ -12,18 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from .bench_settings import BenchError, BenchSettings
+from .devices.base import file_sha256  # noqa: F401  (re-exported by vitedge.bench)
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 # runtimes that can run a file of this kind (a device preset's default runtime is kept when it fits)
 RUNTIMES_FOR_SUFFIX = {".onnx": {"onnxruntime", "command"}, ".tflite": {"litert", "benchmark_model", "command"}}
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 2: "uint8", 3: "int8"}
