@@ -5,6 +5,7 @@ Everything here is offline (``pretrained=False``) and small: a 32x32 input with 
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 
 import numpy as np
@@ -22,6 +23,18 @@ torch.set_num_threads(1)
 
 IMG, PATCH, DIM, HEADS, DEPTH, CLASSES = 32, 8, 32, 2, 2, 5
 NUM_PATCHES = (IMG // PATCH) ** 2  # 16
+
+# The `tflite` extra (litert-torch + ai-edge-litert): `pip install -e ".[test]"` alone lacks it, so the tests
+# that need it skip with this reason (CI's .ci/run installs it and runs them).
+TFLITE_EXTRA_MODULES = ("litert_torch", "ai_edge_litert")
+
+
+def require_tflite_extra(*modules: str) -> None:
+    """Skip the calling test when a module of the tflite extra (default: all of them) is not installed."""
+    missing = [m for m in (modules or TFLITE_EXTRA_MODULES) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs the tflite extra ({', '.join(missing)} missing): pip install -e '.[test,tflite]'")
+
 
 HAS_REG_TOKENS = "reg_tokens" in inspect.signature(VisionTransformer.__init__).parameters
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import require_tflite_extra
 from test_cli import assert_one_line_error, base, env, invoke  # noqa: F401  (env: the shared fixture)
 from vitedge.cli.main import main
 from vitedge.models.adapter import PrunableViT
@@ -43,6 +44,8 @@ def _cache_listing(env) -> set:
 # ------------------------------------------------------------------------------ 1. the tflite extra
 @pytest.mark.parametrize("command", ["export", "profile"])
 def test_tflite_without_litert_torch(env, tmp_path, monkeypatch, command):
+    if command == "profile":  # a LiteRT profile checks its runtime (ai-edge-litert) before the converter
+        require_tflite_extra("ai_edge_litert")
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # find_spec / import -> not installed
     before = _cache_listing(env)
     extra = ["--budget-ms", "1", "-o", str(tmp_path / "o")] if command == "export" else ["-o", str(tmp_path / "t.json")]
@@ -52,6 +55,7 @@ def test_tflite_without_litert_torch(env, tmp_path, monkeypatch, command):
 
 
 def test_tflite_without_ai_edge_litert(env, tmp_path, monkeypatch):
+    require_tflite_extra("litert_torch")  # export checks its converter (litert-torch) before the runtime
     from importlib import metadata
 
     real = metadata.version

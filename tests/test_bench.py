@@ -5,6 +5,7 @@ differ 20x in work (a robust decision) or the tolerance is wide; exit 3 and exac
 from a fake device with synthetic samples."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import require_tflite_extra
 from vitedge import bench as B
 from vitedge.cli.main import main
 
@@ -330,6 +332,8 @@ OUTS = ["--junit", "j.xml", "-o", "r.json", "--save-baseline", "s.json"]
                                   "both_modes", "faster_without_base", "missing_data", "bad_device", "missing_against",
                                   "bad_option_type", "missing_output_folder", "zero_rounds", "bad_quantile"])
 def test_bad_input(models, tmp_path, monkeypatch, case):
+    if case == "corrupt_tflite" and importlib.util.find_spec("tflite_runtime") is None:
+        require_tflite_extra("ai_edge_litert")  # without an interpreter the error names the extra (next test)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage" * 40)
     (tmp_path / "corrupt.tflite").write_bytes(b"TFL3 not really" * 10)
@@ -360,6 +364,15 @@ def test_bad_input(models, tmp_path, monkeypatch, case):
     r = invoke(args[0], *QUICK[2:], *OUTS, *args[1:])  # the case's options last: they win
     assert_one_line_error(r, *fragments)
     _no_outputs(tmp_path, before)
+
+
+def test_tflite_without_interpreter_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    for mod in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime", "tflite_runtime.interpreter"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import -> ImportError, installed or not
+    (tmp_path / "m.tflite").write_bytes(b"TFL3 not really" * 10)
+    assert_one_line_error(invoke(tmp_path / "m.tflite", *QUICK[2:]), "needs ai-edge-litert", "pip install 'vitedge[tflite]'")
 
 
 def test_missing_runtime_is_bad_input(models, monkeypatch):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_tflite_extra
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 REF = "vitedge-digits-vit"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -64,11 +66,15 @@ def check_output(path: Path) -> None:
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
 SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route"}
+# Scripts that measure in LiteRT: they need the tflite extra (skipped without it).
+NEEDS_TFLITE = {"selector_variants", "modes"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in CASES])
 def test_benchmark_script_smoke(script, tmp_path, cache):
     args, expected = CASES[script]
+    if script in NEEDS_TFLITE:
+        require_tflite_extra()
     if script == "onnx2tf_route" and not (os.environ.get("VITEDGE_ONNX2TF") or shutil.which("onnx2tf")):
         pytest.skip("onnx2tf is not installed (vitedge[onnx2tf], own venv: set VITEDGE_ONNX2TF)")
     out = tmp_path / "out"
