@@ -167,7 +167,7 @@ def test_load_prunable_reference():
 
 
 def _tiny_loader(calls):
-    def fake(name=None, *, checkpoint=None, pretrained=False, num_classes=None):
+    def fake(name=None, *, checkpoint=None, pretrained=False, **sizes):
         calls.append((name, checkpoint, pretrained))
         return make_tiny_vit()
     return fake

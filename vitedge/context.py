@@ -28,6 +28,9 @@ class Options:
     model: str | None = None
     checkpoint: str | None = None
     pretrained: bool = False
+    num_classes: int | None = None   # head classes (default: the checkpoint's, else the model's)
+    img_size: int | None = None      # input size (default: the checkpoint's position embedding, else the model's)
+    ema: bool = False                # a training checkpoint's EMA weights
     data: str | None = None
     eval_data: str | None = None
     calib_limit: int | None = None
@@ -132,7 +135,8 @@ class Context:
         self.opts, self.log = opts, log
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            self.model = load_prunable(opts.model, checkpoint=opts.checkpoint, pretrained=opts.pretrained)
+            self.model = load_prunable(opts.model, checkpoint=opts.checkpoint, pretrained=opts.pretrained,
+                                       num_classes=opts.num_classes, img_size=opts.img_size, ema=opts.ema)
         for w in caught:
             if issubclass(w.category, UserWarning):
                 log(f"warning: {w.message}")

@@ -266,6 +266,6 @@ def _accuracy(ctx: Context, schedule: Schedule) -> dict | None:
         return {"available": False, "reason": source if images is None else "random weights"}
     ref = predict_unpruned(ctx.model, images)
     ev = evaluate_schedule(ctx.model, images, schedule, reference_top1=ref)
-    return {"available": True, "images": source, "count": len(images),
+    return {"available": True, "images": source, "count": len(images), "label_mapping": images.label_mapping,
             "unpruned": float((ref == images.labels).mean()), "pruned": ev.accuracy,
             "top1_agreement_with_unpruned": ev.agreement}

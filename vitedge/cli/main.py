@@ -47,10 +47,18 @@ def _handle_errors(fn):
 
 def model_options(fn):
     opts = [
-        click.option("--model", default=None, help="timm model name (default: the shipped reference ViT on digits)."),
+        click.option("--model", default=None,
+                     help="timm model name (a pretrained tag allowed), local-dir:DIR or hf-hub:ORG/NAME "
+                          "(default: the shipped reference ViT on digits)."),
         click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-                     help="weights: .safetensors or .pth (read with weights_only=True)."),
+                     help="weights: .safetensors, .pth or a timm training checkpoint .pth.tar (read with weights_only=True); "
+                          "its head's classes and input size are used."),
         click.option("--pretrained", is_flag=True, help="download timm's pretrained weights (needs internet)."),
+        click.option("--num-classes", type=click.IntRange(min=1), default=None,
+                     help="head classes (default: the checkpoint's head, else the model's)."),
+        click.option("--img-size", type=click.IntRange(min=1), default=None,
+                     help="input size in pixels (default: the checkpoint's position embedding, else the model's)."),
+        click.option("--ema", is_flag=True, help="use the EMA weights of a timm training checkpoint."),
         click.option("--data", default=None, help="calibration images: ImageFolder layout or a flat folder (default: digits calibration split)."),
         click.option("--calib-limit", type=click.IntRange(min=1), default=None, help="use at most this many calibration images."),
         click.option("--device", default="local", show_default=True,
@@ -95,6 +103,7 @@ def _options(kw: dict, **extra) -> Options:
     settings = dict(parse_setting(o) for o in kw.get("device_opt") or ())
     settings.update({k: kw[k] for k in ("host", "serial", "devices_file") if kw.get(k) is not None})
     opts = Options(model=kw["model"], checkpoint=kw["checkpoint"], pretrained=kw["pretrained"], data=kw["data"],
+                   num_classes=kw.get("num_classes"), img_size=kw.get("img_size"), ema=bool(kw.get("ema")),
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
                    device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"),

@@ -37,11 +37,14 @@ class ImageSet:
         images: float32 (D, 3, H, W), normalised with the model's mean/std.
         labels: int64 (D,), or None when the images carry no labels.
         name: human-readable source, e.g. ``"digits:calib"`` or a folder path.
+        label_mapping: how a folder's class names became label indices: ``"by name"`` (the model's
+            label names) or ``"sorted order"``; None for unlabelled or built-in images.
     """
 
     images: np.ndarray
     labels: np.ndarray | None
     name: str
+    label_mapping: str | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
