@@ -36,8 +36,12 @@ Plan JSON::
 
 ``inputs`` arrays are seeded standard-normal for float dtypes and zeros otherwise;
 ``inputs_npz`` arrays are used as stored (loaded with allow_pickle=False); a list of npz files
-is cycled round-robin (e.g. several images).  Without either, the model's input shapes must be
-static and are filled the same way.  Self-timed runtimes ("benchmark_model", "command": see
+is cycled round-robin (e.g. several images).  Without ``inputs``, the model's inputs that no npz
+array names are filled the same way (their shapes must be static).  Feeds meet the model's inputs
+by one rule, :func:`match_feeds` (the host uses it too): an input's name (LiteRT: the signature
+input name), else its tensor name, else -- when no feed names an input and they are as many as the
+inputs -- their order; a feed that matches no input fails the point with a one-line error
+(error_code 3).  Self-timed runtimes ("benchmark_model", "command": see
 "self-timed tools" below) add ``statistic`` and ``tool`` to their rows.
 
 ``runtime_options`` of "litert": ``{"interpreter": "auto" | "ai-edge-litert" | "tflite-runtime"}``
@@ -263,6 +267,63 @@ def _default_delegation(interp) -> dict:
             "not_delegated": dict(sorted(left.items()))}
 
 
+def litert_signature_inputs(interp) -> dict:
+    """{signature key: [input spec, ...]} of an opened LiteRT/TFLite interpreter, in signature input order.
+
+    A spec is {"name": the signature input name (e.g. "args_0"), "tensor": its tensor name (e.g.
+    "serving_default_args_0:0", what ``Interpreter.get_input_details`` lists), "shape",
+    "shape_signature" (-1 for a dynamic size), "dtype": numpy dtype name}.  Used by the runner and by
+    the host (``vitedge bench``) so both name a model's inputs the same way.  Only APIs that
+    ai-edge-litert 1.4/2.x and tflite-runtime 2.14 share.
+    """
+    out = {}
+    sigs = interp.get_signature_list()
+    for key in sigs:
+        details = interp.get_signature_runner(key).get_input_details()
+        specs = []
+        for n in sigs[key]["inputs"]:
+            d = details[n]
+            shape = [int(v) for v in d["shape"]]
+            specs.append({"name": n, "tensor": str(d.get("name") or n), "shape": shape,
+                          "shape_signature": [int(v) for v in d.get("shape_signature", shape)],
+                          "dtype": np.dtype(d["dtype"]).name})
+        out[key] = specs
+    return out
+
+
+def match_feeds(feeds: dict, specs: list, model: str = "the model") -> dict:
+    """``feeds`` keyed by the input names of ``specs``: the one rule by which feeds meet a model's inputs.
+
+    A feed takes the input whose ``name`` equals its key (for LiteRT the signature input name, e.g.
+    "args_0"), else the input whose ``tensor`` name equals it (LiteRT's tensor name, e.g.
+    "serving_default_args_0", what ``Interpreter.get_input_details`` lists).  When no key names any
+    input and there are as many feeds as inputs, they take the inputs in order (a plan's ONNX names
+    "tokens", "scores" for a converted signature's "args_0", "args_1"; an image fed as "image" to a
+    one-input model).  Inputs named by no feed are left out: the caller fills them.  No specs (a
+    runtime that lists none): ``feeds`` as given.  Raises ValueError (one line) when a feed matches
+    no input or two feeds match the same input.
+    """
+    if not specs:
+        return dict(feeds)
+    by_key = {s["name"]: s["name"] for s in specs}
+    for s in specs:
+        by_key.setdefault(s.get("tensor") or s["name"], s["name"])
+    if len(feeds) == len(specs) and not any(k in by_key for k in feeds):
+        return {s["name"]: v for s, v in zip(specs, feeds.values())}
+    out: dict = {}
+    for key, value in feeds.items():
+        name = by_key.get(key)
+        if name is None:
+            listed = ", ".join(repr(s["name"]) + (f" (tensor {s['tensor']!r})" if s.get("tensor", s["name"]) != s["name"]
+                                                  else "") for s in specs)
+            raise ValueError(f"feed {key!r} matches no input of {model} (inputs: {listed}): name each feed by an "
+                             f"input's name or tensor name, or give all {len(specs)} inputs in order")
+        if name in out:
+            raise ValueError(f"two feeds match input {name!r} of {model}: give each input once")
+        out[name] = value
+    return {s["name"]: out[s["name"]] for s in specs if s["name"] in out}  # in the model's input order
+
+
 @register_runtime("litert")
 def _litert_factory(model_path: str, threads: int, interpreter: str = "auto"):
     """LiteRT (TFLite) interpreter with its default delegate (XNNPACK in ai-edge-litert).
@@ -270,39 +331,51 @@ def _litert_factory(model_path: str, threads: int, interpreter: str = "auto"):
     ``interpreter`` (plan ``runtime_options.interpreter``): "auto" (default: ai-edge-litert, else
     tflite-runtime), "ai-edge-litert" or "tflite-runtime"; the version string names the one used.
     A model may hold several signatures (e.g. one per token count, since converted graphs have
-    static shapes): each call runs the signature whose input shapes equal the feeds' shapes.
-    Feeds are matched to signature inputs by name, else by position (the plan's input order).
+    static shapes): each call runs the signature whose inputs take the feeds, matched by
+    :func:`match_feeds`, with the feeds' shapes.  ``input_specs`` are the first signature's
+    (:func:`litert_signature_inputs`).
     Also returns ``info``: {"interpreter", "delegation": see :func:`_default_delegation`}.
     """
     Interpreter, version = _litert_interpreter(interpreter)
     interp = Interpreter(model_path=model_path, num_threads=int(threads) if threads else None)
     interp.allocate_tensors()  # the default delegate is applied here
     info = {"interpreter": version.split(" ")[0], "delegation": _default_delegation(interp)}
-    sigs = interp.get_signature_list()
-    runners = {}
-    for key in sigs:
-        r = interp.get_signature_runner(key)
-        details = r.get_input_details()
-        names = list(sigs[key]["inputs"])
-        runners[key] = (r, names, tuple(tuple(int(d) for d in details[n]["shape"]) for n in names),
-                        [np.dtype(details[n]["dtype"]).name for n in names])
-    if not runners:
+    inputs = litert_signature_inputs(interp)
+    if not inputs:
         raise PlanError(f"{model_path} has no signatures: convert it with signatures (litert-torch does)")
-    first = next(iter(runners.values()))
-    specs = [{"name": n, "shape": list(sh), "dtype": dt} for n, sh, dt in zip(first[1], first[2], first[3])]
-    by_shape = {v[2]: v for v in runners.values()}
+    model = os.path.basename(model_path)
+    sigs = [(interp.get_signature_runner(key), specs) for key, specs in inputs.items()]
+    # feeds already named and ordered as a signature's inputs (what match_feeds returns): one lookup per run
+    exact = {tuple((s["name"], tuple(s["shape"])) for s in specs): r for r, specs in sigs}
+
+    def pick(feeds: dict):
+        """(signature runner, feeds named for it): the first signature whose inputs take the feeds."""
+        problem, named = None, False
+        for _, specs in sigs:
+            try:
+                kw = match_feeds(feeds, specs, model)
+            except ValueError as e:
+                problem = problem or e
+                continue
+            named = True
+            r = exact.get(tuple((k, tuple(np.shape(v))) for k, v in kw.items()))
+            if r is not None:
+                return r, kw
+        if not named:
+            raise problem
+        given = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+        takes = "; ".join(", ".join(f"{x['name']} {x['shape']}" for x in specs) for _, specs in sigs)
+        raise ValueError(f"no signature of {model} takes the feeds {given} (signatures take: {takes}): "
+                         "feed every input of one signature, with its shape")
 
     def run(feeds: dict):
-        arrays = list(feeds.values())
-        shapes = tuple(tuple(a.shape) for a in arrays)
-        if shapes not in by_shape:
-            raise ValueError(f"no signature of {os.path.basename(model_path)} takes input shapes {list(shapes)}")
-        r, names, _, _ = by_shape[shapes]
-        kw = {n: feeds[n] for n in names} if all(n in feeds for n in names) else dict(zip(names, arrays))
-        out = r(**kw)
+        r = exact.get(tuple((k, tuple(np.shape(v))) for k, v in feeds.items()))
+        if r is None:
+            r, feeds = pick(feeds)
+        out = r(**feeds)
         return [out[k] for k in sorted(out)]
 
-    return run, specs, version, info
+    return run, next(iter(inputs.values())), version, info
 
 
 class Session:
@@ -650,6 +723,10 @@ def measure_feeds(session: Session, feeds_list: list, cfg: MeasureConfig | None 
     warmup runs cycle too.  Samples in ms; errors recorded as in :func:`measure`."""
     if not feeds_list:
         raise ValueError("feeds_list is empty: give at least one input dict")
+    try:  # named once per input set, outside the timed runs
+        feeds_list = [_named_feeds(session, f) for f in feeds_list]
+    except ValueError as e:
+        return Measurement(name, error_code=ErrorCode.INPUT_ERROR, error=_one_line(e), timestamp=time.time())
     feeds = itertools.cycle(feeds_list)
     return measure(lambda: session.run(next(feeds)), cfg, name)
 
@@ -789,21 +866,36 @@ def validate_plan(plan: Any, base_dir: str | None = None) -> dict:
             "reference": reference, "runtime_options": options}
 
 
+def _named_feeds(session, feeds: dict) -> dict:
+    """``feeds`` keyed by ``session``'s input names (:func:`match_feeds`; ValueError when one matches none)."""
+    model = os.path.basename(getattr(session, "model_path", "") or "") or "the model"
+    return match_feeds(feeds, getattr(session, "input_specs", None) or [], model)
+
+
+def _random_input(iname: str, spec: dict, rng: np.random.Generator) -> np.ndarray:
+    shape, dtype = spec["shape"], np.dtype(spec.get("dtype", "float32"))
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"input {iname!r} has dynamic shape {shape}: give 'inputs' with a "
+                         "concrete shape in the plan")
+    return rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+
+
 def _make_feeds(point: dict, session: Session, rng: np.random.Generator) -> dict:
+    """The feeds of one input set: the npz arrays and the plan's ``inputs`` (generated), named by
+    :func:`match_feeds`; without ``inputs``, the session's inputs no feed names are generated."""
     if point.get("npz_path"):
         with np.load(point["npz_path"], allow_pickle=False) as z:
             feeds = {k: z[k] for k in z.files}
     else:
         feeds = {}
-    specs = point.get("inputs") or {
-        s["name"]: s for s in session.input_specs if s["name"] not in feeds}
-    for iname, spec in specs.items():
-        shape, dtype = spec["shape"], np.dtype(spec.get("dtype", "float32"))
-        if not all(isinstance(d, int) for d in shape):
-            raise ValueError(f"input {iname!r} has dynamic shape {shape}: give 'inputs' with a "
-                             "concrete shape in the plan")
-        feeds[iname] = (rng.standard_normal(shape).astype(dtype)
-                        if dtype.kind == "f" else np.zeros(shape, dtype))
+    explicit = point.get("inputs") or {}
+    for iname, spec in explicit.items():
+        feeds[iname] = _random_input(iname, spec, rng)
+    feeds = _named_feeds(session, feeds)
+    if not explicit:
+        for spec in session.input_specs:
+            if spec["name"] not in feeds:
+                feeds[spec["name"]] = _random_input(spec["name"], spec, rng)
     return feeds
 
 

@@ -396,3 +396,134 @@ def test_cli_as_copied_script(tmp_path):
     assert [p["name"] for p in res["points"]] == ["a", "b"]
     assert all(p["error_code"] == 0 for p in res["points"])
     assert res["points"][1]["tags"] == {"part": "mlp", "tokens": 12}
+
+
+# ---------------------------------------------------------------- feeds meet inputs (issue 15)
+class FakeSignatureRunner:
+    """A LiteRT signature runner: inputs {signature input name: (tensor name, shape)}; returns 2 x the first."""
+
+    def __init__(self, inputs: dict):
+        self.inputs, self.calls = inputs, []
+
+    def get_input_details(self):  # as ai-edge-litert 1.4/2.x and tflite-runtime give it
+        return {n: {"name": t, "index": i, "shape": np.array(sh, np.int32), "shape_signature": np.array(sh, np.int32),
+                    "dtype": np.float32} for i, (n, (t, sh)) in enumerate(self.inputs.items())}
+
+    def __call__(self, **kw):
+        assert list(kw) == list(self.inputs), kw  # exactly the signature's inputs: a second array fails here
+        for n, (_, sh) in self.inputs.items():
+            assert kw[n].shape == tuple(sh), (n, kw[n].shape)
+        self.calls.append(kw)
+        return {"output_0": next(iter(kw.values())) * 2}
+
+
+class FakeInterpreter:
+    """ai_edge_litert.interpreter.Interpreter stand-in with the signatures of ``SIGNATURES``."""
+
+    SIGNATURES: dict = {}
+    made: list = []
+
+    def __init__(self, model_path, num_threads=None):
+        self.runners = {k: FakeSignatureRunner(v) for k, v in self.SIGNATURES.items()}
+        FakeInterpreter.made.append(self)
+
+    def allocate_tensors(self):
+        pass
+
+    def get_signature_list(self):
+        return {k: {"inputs": list(v), "outputs": ["output_0"]} for k, v in self.SIGNATURES.items()}
+
+    def get_signature_runner(self, signature_key="serving_default"):
+        return self.runners[signature_key]
+
+
+@pytest.fixture
+def fake_litert(monkeypatch, tmp_path):
+    """The "litert" runtime on FakeInterpreter; a model file f.tflite in tmp_path; returns a setter of signatures."""
+    monkeypatch.setattr(R, "_litert_interpreter", lambda choice="auto": (FakeInterpreter, "fake-litert 0.1"))
+    monkeypatch.setattr(FakeInterpreter, "made", [])
+    (tmp_path / "f.tflite").write_bytes(b"TFL3")
+
+    def signatures(sigs: dict):
+        monkeypatch.setattr(FakeInterpreter, "SIGNATURES", sigs)
+    return signatures
+
+
+def _litert_plan(**point):
+    return {"runtime": "litert", "threads": 1, "config": FAST, "points": [dict({"name": "m", "model": "f.tflite"}, **point)]}
+
+
+def test_feed_named_by_tensor_name_meets_its_signature_input(fake_litert, tmp_path):
+    """The host names the image by the tensor name (Interpreter.get_input_details), the signature input is
+    "args_0": the runner must feed that array to args_0 and generate nothing (issue 15: it added a random
+    args_0 and ran the signature with two arrays)."""
+    fake_litert({"serving_default": {"args_0": ("serving_default_args_0:0", [1, 3, 4, 4])}})
+    x = np.arange(48, dtype=np.float32).reshape(1, 3, 4, 4)
+    np.savez(tmp_path / "img.npz", **{"serving_default_args_0:0": x})
+    res = R.run_plan(_litert_plan(inputs_npz=["img.npz"], outputs_npz="out.npz"), base_dir=str(tmp_path))
+    (row,) = res["points"]
+    assert row["error_code"] == 0, row["error"]
+    with np.load(tmp_path / "out.npz") as z:
+        np.testing.assert_array_equal(z["out0"][0], 2 * x)  # the image itself reached the model
+    calls = FakeInterpreter.made[0].runners["serving_default"].calls
+    assert calls and all(list(kw) == ["args_0"] for kw in calls)
+
+
+def test_two_input_signature_named_by_tensor_and_signature_names(fake_litert, tmp_path):
+    sig = {"a": ("sig_a:0", [1, 2]), "b": ("sig_b:0", [1, 2])}
+    fake_litert({"serving_default": sig})
+    b = np.full((1, 2), 5, np.float32)
+    np.savez(tmp_path / "b.npz", **{"sig_b:0": b})  # a is generated, b comes from the file
+    np.savez(tmp_path / "stray.npz", **{"sig_b:0": b, "image": b})
+    plan = _litert_plan(inputs_npz="b.npz", outputs_npz="out.npz")
+    plan["points"].append({"name": "stray", "model": "f.tflite", "inputs_npz": "stray.npz"})
+    res = R.run_plan(plan, base_dir=str(tmp_path))
+    ok, stray = res["points"]
+    assert ok["error_code"] == 0, ok["error"]
+    calls = FakeInterpreter.made[0].runners["serving_default"].calls
+    np.testing.assert_array_equal(calls[0]["b"], b)
+    assert stray["error_code"] == R.ErrorCode.INPUT_ERROR and "\n" not in stray["error"]
+    assert "feed 'image' matches no input of f.tflite" in stray["error"] and "'b' (tensor 'sig_b:0')" in stray["error"]
+
+
+def test_session_run_and_measure_feeds_use_the_same_rule(fake_litert, tmp_path):
+    fake_litert({"serving_default": {"args_0": ("serving_default_args_0", [1, 3, 4, 4])}})
+    sess = R.open_session("litert", str(tmp_path / "f.tflite"), 1)
+    assert sess.input_specs[0]["name"] == "args_0" and sess.input_specs[0]["tensor"] == "serving_default_args_0"
+    x = np.ones((1, 3, 4, 4), np.float32)
+    for key in ("args_0", "serving_default_args_0", "image"):  # name, tensor name, the one input in order
+        np.testing.assert_array_equal(sess.run({key: x})[0], 2 * x)
+    m = R.measure_feeds(sess, [{"serving_default_args_0": x}, {"image": x}], R.MeasureConfig(**FAST))
+    assert m.error_code == 0 and m.runs >= 3
+    m = R.measure_feeds(sess, [{"args_0": x, "extra": x}], R.MeasureConfig(**FAST))
+    assert m.error_code == R.ErrorCode.INPUT_ERROR and "feed 'extra' matches no input" in m.error
+    with pytest.raises(ValueError, match=r"no signature of f\.tflite takes the feeds args_0 \[1, 3, 2, 2\]"):
+        sess.run({"args_0": np.ones((1, 3, 2, 2), np.float32)})
+
+
+def test_signature_picked_by_shape_after_matching(fake_litert, tmp_path):
+    """One signature per token count, same input names, different tensor names: the feeds' shapes pick it."""
+    fake_litert({f"t{n}": {"args_0": (f"t{n}_args_0:0", [1, n, 4]), "args_1": (f"t{n}_args_1:0", [1, n])}
+                 for n in (3, 5)})
+    sess = R.open_session("litert", str(tmp_path / "f.tflite"), 1)
+    runners = FakeInterpreter.made[0].runners
+    sess.run({"tokens": np.ones((1, 5, 4), np.float32), "scores": np.ones((1, 5), np.float32)})  # plan order
+    sess.run({"t3_args_1:0": np.ones((1, 3), np.float32), "args_0": np.ones((1, 3, 4), np.float32)})
+    assert [len(runners[k].calls) for k in ("t3", "t5")] == [1, 1]
+
+
+def test_match_feeds_rule():
+    specs = [{"name": "a", "tensor": "serving_default_a:0"}, {"name": "b", "tensor": "serving_default_b:0"}]
+    x, y = np.zeros(1), np.ones(1)
+    assert R.match_feeds({"b": y, "a": x}, specs) == {"a": x, "b": y}  # returned in the model's input order
+    assert R.match_feeds({"serving_default_b:0": y}, specs) == {"b": y}  # the caller fills "a"
+    assert R.match_feeds({"tokens": x, "scores": y}, specs) == {"a": x, "b": y}  # none named, all given: in order
+    assert R.match_feeds({"x": y}, [{"name": "x"}]) == {"x": y}  # ONNX Runtime: names only
+    assert R.match_feeds({"anything": y}, []) == {"anything": y}  # a runtime listing no inputs
+    with pytest.raises(ValueError, match="feed 'image' matches no input of m.tflite") as e:
+        R.match_feeds({"a": x, "image": y}, specs, "m.tflite")
+    assert "\n" not in str(e.value) and "or give all 2 inputs in order" in str(e.value)
+    with pytest.raises(ValueError, match="feed 'image' matches no input"):
+        R.match_feeds({"image": y}, specs)  # one of two inputs, unnamed: which one cannot be told
+    with pytest.raises(ValueError, match="two feeds match input 'a'"):
+        R.match_feeds({"a": x, "serving_default_a:0": y}, specs)

@@ -151,6 +151,32 @@ def test_outputs_npz_holds_every_input_sets_outputs(tiny, tmp_path):
     assert not [f for f in os.listdir(dev) if f.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("choice", ["ai-edge-litert", pytest.param("tflite-runtime", marks=pytest.mark.skipif(
+    not HAS_TFLRT, reason=f"no tflite-runtime Python at {TFLRT_PYTHON} (set VITEDGE_TFLITE_RUNTIME_PYTHON)"))])
+def test_image_named_by_its_tensor_name_reaches_the_signature_input(tiny, tmp_path, choice):
+    """Issue 15: an npz keyed by the tensor name that Interpreter.get_input_details lists, not the signature
+    input name; the copied runner feeds it to that input (it used to add a random one beside it)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    pm, folder, x, plan = tiny
+    tensor = Interpreter(model_path=str(folder / "capacity.tflite")).get_input_details()[0]["name"]
+    spec = R.open_session("litert", str(folder / "capacity.tflite"), 1).input_specs[0]
+    assert tensor != spec["name"] and spec["tensor"] == tensor
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(folder / "capacity.tflite", src)
+    for i in range(2):
+        np.savez(src / f"t{i}.npz", **{tensor: x[i]})
+    point = dict(plan["points"][0], inputs_npz=["t0.npz", "t1.npz"])
+    proc, dev = run_copied_runner(sys.executable if choice == "ai-edge-litert" else TFLRT_PYTHON, src,
+                                  dict(plan, points=[point], runtime_options={"interpreter": choice}), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((dev / "result.json").read_text())["points"][0]
+    assert row["error_code"] == 0, row["error"]
+    with np.load(dev / "cap_out.npz", allow_pickle=False) as z:
+        np.testing.assert_allclose(z["out0"], torch_outputs(pm, x)[0], atol=1e-4)  # the images, not noise
+
+
 @pytest.mark.parametrize("value", [3, "out.json", ["a.npz"]])
 def test_bad_outputs_npz_is_a_plan_error(tiny, value):
     _, folder, _, plan = tiny

@@ -82,15 +82,19 @@ def _tflite_input(path: Path):
         except ImportError:
             raise BenchError("reading a .tflite model needs ai-edge-litert (or tflite-runtime) on this host: "
                              "run `pip install 'vitedge[tflite]'` (or `python -m pip install ai-edge-litert`)") from None
-    try:
-        details = Interpreter(model_path=str(path)).get_input_details()
+    from .devices.runner import litert_signature_inputs
+
+    try:  # the runner's listing: the feed is named as the device's runner matches it
+        signatures = litert_signature_inputs(Interpreter(model_path=str(path)))
     except Exception as e:  # noqa: BLE001
         raise BenchError(f"cannot load model {path}: not a valid TFLite file ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
-    if len(details) != 1:
-        raise BenchError(f"cannot load model {path}: it has {len(details)} inputs; vitedge bench feeds exactly one image input")
-    d = details[0]
-    shape = [int(x) if x > 0 else None for x in d.get("shape_signature", d["shape"])]
-    return d["name"], shape, np.dtype(d["dtype"]).name
+    if not signatures:
+        raise BenchError(f"cannot load model {path}: it has no signatures; convert it with signatures (litert-torch does)")
+    specs = next(iter(signatures.values()))
+    if len(specs) != 1:
+        raise BenchError(f"cannot load model {path}: it has {len(specs)} inputs; vitedge bench feeds exactly one image input")
+    d = specs[0]
+    return d["name"], [x if x > 0 else None for x in d["shape_signature"]], d["dtype"]
 
 
 def _resize_chw(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
