@@ -223,4 +223,7 @@ def test_unknown_runtime_and_missing_runtime_package(env, tmp_path, monkeypatch)
 
 def test_search_needs_exactly_one_budget(env, tmp_path):
     r = invoke(env, "search", *base(env), "-o", str(tmp_path / "s.json"))
-    assert r.exit_code == 2 and "exactly one" in r.output
+    assert r.exit_code == 2 and "give --budget-ms, --max-accuracy-drop (or both), or --budget-flops" in r.output
+    r = invoke(env, "search", *base(env), "--budget-ms", "1", "--budget-flops", "0.5", "-o", str(tmp_path / "s.json"))
+    assert r.exit_code == 2 and "--budget-flops is RCTP's FLOPs search: give it alone" in r.output
+    assert not (tmp_path / "s.json").exists()

@@ -39,6 +39,9 @@ class Options:
     threads: int = 0
     device_settings: dict = field(default_factory=dict)  # host, serial, devices_file, preset keys
     num_candidates: int = 201
+    objective: str = "measured"      # "measured" (quality of the pruned model) | "fisher" (RCTP eq. (7))
+    search_knobs: dict = field(default_factory=dict)  # SearchKnobs overrides: grid, sweep, refine
+    search_seconds: float = 240.0    # time budget of the measured search (sets the grid and the images it uses)
     importance: str = "fisher_block"
     mode: str | None = None          # "threshold" | "capacity"; default: capacity for tflite, threshold for onnx
     format: str | None = None        # "onnx" | "tflite"; default: the device runtime's format
@@ -147,6 +150,7 @@ class Context:
         self._images: ImageSet | None = None
         self._device: Device | None = None
         self._table_device: Device | None = None
+        self.searches: dict = {}  # measured searches by calibration, table and knobs (reused across budgets)
 
     # -- inputs -----------------------------------------------------------------------------------------
     @property

@@ -5,6 +5,7 @@ are moved into ``out`` only when everything succeeded (no partial files).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from .exporters.onnx import audit_ops, file_sha256
 from .exporters.validation import check_parity
 from .schedule import Schedule
 from .search import BudgetUnreachableError
+from .search.measured import MeasuredSearch, plan_knobs
 from .search.planner import Planner
 
 AIM = 0.95          # aim the measured median at this fraction of the budget
@@ -31,6 +33,79 @@ MAX_STEP = 1.25     # one round re-aims the search budget by at most this factor
 
 class BudgetNotMetError(RuntimeError):
     """After the bounded closed loop, the measured latency is still over the budget."""
+
+
+class AccuracyBudgetError(ValueError):
+    """``--max-accuracy-drop`` and ``--budget-ms`` cannot both hold (bad input: exit 2)."""
+
+
+def make_search(ctx: Context, cal, table, *, log=print):
+    """The search that answers budgets: :class:`MeasuredSearch` (``ctx.opts.objective == "measured"``,
+    the default) or RCTP's Fisher :class:`Planner` (``"fisher"``, and for the package token, which the
+    measured objective does not model). Returns (search, evaluator or None)."""
+    from .quality import QualityEvaluator
+
+    model, o = ctx.model, ctx.opts
+    planner = Planner(cal, "latency", table, mode=ctx.mode, min_patch_tokens=model.min_patch_tokens,
+                      package_token=model.package_token)
+    if model.package_token:
+        if o.objective == "measured":
+            log("note: the package token is searched with RCTP's Fisher objective (the measured objective does not model it)")
+        return planner, None
+    key = (cal.meta.get("model_hash"), cal.meta.get("image_set_hash"), table.meta.get("created"), repr(table.device),
+           ctx.mode, o.objective, tuple(sorted(o.search_knobs.items())), o.search_seconds)
+    cached = ctx.searches.get(key)
+    if cached is not None:  # one sweep of budgets on one context reuses every evaluated schedule
+        return cached
+    t0 = time.perf_counter()
+    evaluator = QualityEvaluator(model, ctx.images)
+    forward_s = time.perf_counter() - t0
+    if o.objective == "fisher":
+        ctx.searches[key] = (planner, evaluator)
+        return ctx.searches[key]
+    knobs, n = plan_knobs(model.depth, len(ctx.images), forward_s, o.search_seconds, fixed=o.search_knobs)
+    if n < len(ctx.images):
+        log(f"search: {n} of {len(ctx.images)} calibration images and {knobs.grid} candidates per block fit "
+            f"--search-seconds {o.search_seconds:g} (one unpruned forward over all images took {forward_s:.1f} s)")
+        evaluator = QualityEvaluator(model, ctx.images.subset(n))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="search (measured on the pruned model)", unit="schedule", disable=not o.progress, leave=False)
+    ctx.searches[key] = (MeasuredSearch(planner, evaluator, knobs, progress=bar.update), evaluator)
+    return ctx.searches[key]
+
+
+def calibration_estimate(evaluator, schedule: Schedule) -> dict | None:
+    """Measured quality of ``schedule`` on the calibration images (None without an evaluator)."""
+    if evaluator is None:
+        return None
+    values = schedule.capacities if schedule.mode == "capacity" else schedule.thresholds
+    q = evaluator.evaluate(schedule.mode, values)
+    return {"images": len(evaluator), "agreement": q.agreement, "kl": q.kl, "accuracy": q.accuracy,
+            "unpruned_accuracy": evaluator.unpruned_accuracy, "drop_points": evaluator.drop_points(q),
+            "drop_measure": "accuracy (labelled)" if q.accuracy is not None else "top-1 agreement with the unpruned model"}
+
+
+def pick_for_accuracy(search, budget_ms: float | None, max_drop: float) -> Schedule:
+    """The fastest schedule (predicted) within ``max_drop`` points; with a budget, the most accurate
+    within it, which must keep the drop.
+
+    Raises:
+        AccuracyBudgetError: both cannot hold (names the fastest latency that keeps the drop and the
+            drop at the budget).
+    """
+    if not isinstance(search, MeasuredSearch):
+        raise ValueError("--max-accuracy-drop needs the measured objective: drop --objective fisher (and --package-token)")
+    fast = search.fastest_within(max_drop)
+    if budget_ms is None:
+        return search.schedule(fast, fast.predicted_ms)
+    at = search.best(budget_ms)
+    if at.drop > max_drop + 1e-9:
+        raise AccuracyBudgetError(
+            f"no schedule within {budget_ms:.4g} ms keeps the accuracy drop within {max_drop:g} points: the fastest that "
+            f"does is predicted {fast.predicted_ms:.4g} ms, and at {budget_ms:.4g} ms the drop is {at.drop:.1f} points "
+            "(raise --budget-ms or --max-accuracy-drop)")
+    return search.schedule(at, budget_ms)
 
 
 class Artifact:
@@ -120,6 +195,8 @@ class ClosedLoop:
         self.rounds: list[dict] = []
 
     def _realised(self, schedule: Schedule, limit: int = 64) -> tuple[float, np.ndarray]:
+        if isinstance(self.planner, MeasuredSearch):  # every calibration image, batched and cached
+            return self.planner.realised(schedule)
         ev = evaluate_schedule(self.ctx.model, self.ctx.images, schedule, limit=limit)
         pred = self.planner.table.predict_ms(ev.kept, np.array(schedule.selectors), mode=schedule.mode)
         return float(pred.mean()), ev.kept
@@ -168,36 +245,39 @@ class ClosedLoop:
         return best
 
 
-def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_path=None, table_path=None,
-               max_rounds: int = 5, log=print) -> dict:
+def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_accuracy_drop: float | None = None,
+               calibration_path=None, table_path=None, max_rounds: int = 5, log=print) -> dict:
     """Run the main job and write ``out/model.onnx`` (or ``.tflite``), ``out/schedule.json``, ``out/report.json``.
 
     Args:
         ctx: the loaded model, images and device.
-        budget_ms: latency budget (ms, median on the device over calibration images).
+        budget_ms: latency budget (ms, median on the device over calibration images), or None with
+            ``max_accuracy_drop``.
         out: output folder (created; files replaced only when the job succeeded).
+        max_accuracy_drop: points on the calibration images (accuracy when labelled, else top-1
+            agreement with the unpruned model). Alone: the fastest schedule within it (measured once
+            on the device); with a budget: the most accurate within the budget, which must keep it.
 
     Returns:
         The report dict (also written to ``report.json``).
 
     Raises:
-        ValueError: budget <= 0; BudgetUnreachableError: below the smallest reachable latency;
-        BudgetNotMetError: still over budget after ``max_rounds``; plus the loaders' errors.
+        ValueError: budget <= 0, neither budget nor drop; AccuracyBudgetError: budget and drop cannot
+        both hold; BudgetUnreachableError: below the smallest reachable latency; BudgetNotMetError:
+        still over budget after ``max_rounds``; plus the loaders' errors.
     """
-    if not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0):
+    if budget_ms is None and max_accuracy_drop is None:
+        raise ValueError("give --budget-ms, --max-accuracy-drop, or both")
+    if budget_ms is not None and not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms) and budget_ms > 0):
         raise ValueError(f"--budget-ms must be a positive number of milliseconds, got {budget_ms}")
+    if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
+        raise ValueError(f"--max-accuracy-drop must be a number of points >= 0, got {max_accuracy_drop}")
     t0 = time.time()
     out = Path(out)
     model = ctx.model
     ctx.require_exporter()  # a missing converter is reported before calibrating and profiling
     mode = ctx.mode
     artifact = Artifact(ctx.format, ctx.tflite_converter, feeds=ctx.feeds(8) if ctx.tflite_converter == "onnx2tf" else None)
-    cal = ctx.calibration(calibration_path)
-    table = ctx.latency_table(table_path)
-    planner = Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens,
-                      package_token=model.package_token)
-    if budget_ms < planner.min_budget:
-        planner.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
     notes: list[str] = []
     if artifact.converter == "onnx2tf":
         notes.append("threshold mode in TFLite through onnx2tf: the token count is dynamic inside the model; the "
@@ -209,46 +289,93 @@ def run_export(ctx: Context, budget_ms: float, out: str | Path, *, calibration_p
     with tempfile.TemporaryDirectory(prefix=".vitedge-", dir=out.parent) as tmp:
         work = Path(tmp)
         unpruned_path = work / f"unpruned{artifact.suffix}"
+        model.set_thresholds([None] * model.depth)
         artifact.export(model, unpruned_path, pruned=False)
         unpruned = ctx.device.measure_model(unpruned_path, ctx.feeds(), name="unpruned")
         log(f"unpruned: {unpruned['median_ms']:.3f} ms median on {ctx.device.name} ({ctx.device.runtime}, {ctx.device.threads} threads)")
-        loop = ClosedLoop(ctx, planner, work, artifact, max_rounds=max_rounds, log=log)
-        if budget_ms >= unpruned["median_ms"]:
-            schedule = planner.keep_all(budget_ms)
+        keep_all = budget_ms is not None and budget_ms >= unpruned["median_ms"]
+        cal = table = search = evaluator = None
+        rounds: list[dict] = []
+        if keep_all:  # fast path: neither calibration nor a latency table is needed
             notes.append(f"budget {budget_ms:.3f} ms is at or above the unpruned latency {unpruned['median_ms']:.3f} ms: every token is kept")
             log(notes[-1])
+            schedule = Schedule(mode=mode, candidates=[0] * model.depth, thresholds=[None] * model.depth,
+                                capacities=[None] * model.depth, budget=float(budget_ms), unit="ms", cost_model="latency",
+                                predicted=unpruned["median_ms"], predicted_kept=[float(model.num_patches)] * model.depth,
+                                fisher_loss=0.0, meta={"package_token": model.package_token})
             schedule.apply(model)
             path = work / f"keep_all{artifact.suffix}"
-            artifact.export(model, path)
+            artifact.export(model, path)  # the pruned graph's interface (kept-token outputs), nothing pruned
             measured = ctx.device.measure_model(path, ctx.feeds(), name="keep_all")
         else:
-            schedule, path, measured = loop.run(budget_ms)
+            cal = ctx.calibration(calibration_path)
+            table = ctx.latency_table(table_path)
+            search, evaluator = make_search(ctx, cal, table, log=log)
+            loop = ClosedLoop(ctx, search, work, artifact, max_rounds=max_rounds, log=log)
+            if max_accuracy_drop is not None:
+                schedule = pick_for_accuracy(search, budget_ms, max_accuracy_drop)
+                if budget_ms is None:  # the fastest within the drop: export it and measure it once
+                    schedule.apply(model)
+                    path = work / f"accuracy{artifact.suffix}"
+                    artifact.export(model, path)
+                    measured = ctx.device.measure_model(path, ctx.feeds(), name="accuracy")
+                    rounds.append({"round": 0, "predicted_ms": schedule.predicted, "measured_ms": measured["median_ms"],
+                                   "mean_kept": schedule.predicted_kept, "candidates": schedule.candidates})
+                else:
+                    schedule, path, measured = loop.run(budget_ms)
+            else:
+                if budget_ms < search.min_budget:
+                    search.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
+                schedule, path, measured = loop.run(budget_ms)
+            rounds = rounds or loop.rounds
         schedule.apply(model)
         audit = artifact.audit(path)
         parity = artifact.parity(model, path, ctx.images)
         calib_eval = evaluate_schedule(model, ctx.images, schedule)
         accuracy = _accuracy(ctx, schedule)
-        predicted = float(table.predict_ms(calib_eval.kept, np.array(schedule.selectors), mode=mode).mean())
+        estimate = calibration_estimate(evaluator, schedule)
+        if isinstance(search, MeasuredSearch):
+            log(f"search: {len(search.candidates)} schedules measured on {len(evaluator)} calibration images in {search.seconds:.1f} s")
+        if estimate is not None and accuracy.get("available"):
+            accuracy["calibration_to_eval_gap_points"] = estimate["drop_points"] - 100.0 * (accuracy["unpruned"] - accuracy["pruned"])
+        if estimate is not None and estimate["drop_points"] > 5.0 and isinstance(search, MeasuredSearch):
+            within = search.fastest_within(1.0)
+            scale = measured["median_ms"] / schedule.predicted if schedule.predicted > 0 else 1.0
+            notes.append(f"warning: estimated accuracy drop {estimate['drop_points']:.1f} points on the calibration images; "
+                         f"a budget of about {within.predicted_ms * scale:.3g} ms keeps it within 1 point "
+                         f"(or use --max-accuracy-drop 1)")
+            log(notes[-1])
+        predicted = (float(table.predict_ms(calib_eval.kept, np.array(schedule.selectors), mode=mode).mean())
+                     if table is not None else unpruned["median_ms"])
         blocks = [{"block": l, "candidate": schedule.candidates[l], "threshold": schedule.thresholds[l],
                    "capacity": schedule.capacities[l], "mean_kept_tokens": float(calib_eval.kept[l].mean()),
                    "calibration_predicted_kept": schedule.predicted_kept[l]} for l in range(model.depth)]
         report = {
-            "budget_ms": budget_ms, "budget_met": measured["median_ms"] <= budget_ms,
+            "budget_ms": budget_ms, "budget_met": budget_ms is None or measured["median_ms"] <= budget_ms,
+            "max_accuracy_drop": max_accuracy_drop,
             "predicted_ms": predicted, "search_predicted_ms": schedule.predicted,
             "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
             "speedup": unpruned["median_ms"] / measured["median_ms"],
             "format": artifact.fmt, "mode": mode, "package_token": model.package_token,
+            "objective": "keep-all" if keep_all else ("measured" if isinstance(search, MeasuredSearch) else "fisher"),
             **({"tflite_converter": artifact.converter} if artifact.converter else {}),
             **({"conversions": artifact.conversions} if artifact.conversions else {}),
-            "schedule": {"mode": schedule.mode, "blocks": blocks, "fisher_loss": schedule.fisher_loss},
-            **audit, "parity": parity, "accuracy": accuracy, "rounds": loop.rounds,
+            "schedule": {"mode": schedule.mode, "blocks": blocks, "fisher_loss": schedule.fisher_loss,
+                         "family": schedule.meta.get("family")},
+            **audit, "parity": parity, "calibration_estimate": estimate, "accuracy": accuracy, "rounds": rounds,
+            **({"search": {"evaluations": len(search.candidates), "seconds": round(search.seconds, 1),
+                           "knobs": dataclasses.asdict(search.knobs)}}
+               if isinstance(search, MeasuredSearch) else {}),
             "model": {"name": model.model_name, "hash": ctx.model_hash, **ctx.shape, "has_weights": model.has_weights},
-            "device": {**table.device, "measure_protocol": ctx.device.describe()["config"],
+            "device": {**(table.device if table is not None else {"name": ctx.device.name, "runtime": ctx.device.runtime,
+                                                                  "threads": ctx.device.threads}),
+                       "measure_protocol": ctx.device.describe()["config"],
                        "model_runtime": ctx.device.runtime},  # the table's runtime differs for threshold mode via onnx2tf
             "images": {"calibration": ctx.images.name, "count": len(ctx.images), "measured_on": len(ctx.feeds())},
-            "artifacts": {f"model{artifact.suffix}": file_sha256(path), "calibration_model_hash": cal.meta["model_hash"],
-                          "calibration_image_set_hash": cal.meta["image_set_hash"],
-                          "latency_table_created": table.meta.get("created")},
+            "artifacts": {f"model{artifact.suffix}": file_sha256(path),
+                          "calibration_model_hash": cal.meta["model_hash"] if cal is not None else None,
+                          "calibration_image_set_hash": cal.meta["image_set_hash"] if cal is not None else None,
+                          "latency_table_created": table.meta.get("created") if table is not None else None},
             "notes": notes, "seconds": round(time.time() - t0, 1),
         }
         out.mkdir(parents=True, exist_ok=True)

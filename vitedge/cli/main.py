@@ -119,6 +119,36 @@ def _options(kw: dict, **extra) -> Options:
     return opts
 
 
+def search_options(fn):
+    """Flags of the schedule search, shared by ``search`` and ``export``."""
+    opts = [
+        click.option("--objective", type=click.Choice(["measured", "fisher"]), default="measured", show_default=True,
+                     help="measured: the best quality measured on the pruned model over the calibration images among "
+                          "Fisher-Viterbi, single-cut, constant-rate, measured-loss Viterbi and refined candidates; "
+                          "fisher: RCTP's Fisher-loss Viterbi (eq. 7-8)."),
+        click.option("--max-accuracy-drop", type=float, default=None,
+                     help="points on the calibration images (accuracy when labelled, else agreement with the unpruned "
+                          "top-1): alone, the fastest schedule within it; with --budget-ms, both must hold."),
+        click.option("--search-grid", type=click.IntRange(min=1), default=None,
+                     help="candidates per block the measured search evaluates (default 24; cost ~ depth x grid evaluations)."),
+        click.option("--search-refine", type=click.IntRange(min=0), default=None,
+                     help="local refinement rounds per budget (default 2; each <= 2 x depth evaluations)."),
+        click.option("--search-seconds", type=click.FloatRange(min=1), default=240.0, show_default=True,
+                     help="time budget of the measured search: when the default grid does not fit, fewer candidates "
+                          "per block (down to 8), then fewer calibration images (down to 32) are used."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _search_options(opts: Options, kw: dict) -> Options:
+    opts.objective = kw["objective"]
+    opts.search_knobs = {k: kw[f"search_{k}"] for k in ("grid", "refine") if kw.get(f"search_{k}") is not None}
+    opts.search_seconds = kw["search_seconds"]
+    return opts
+
+
 def _log(msg: str):
     click.echo(msg, err=True)
 
@@ -168,40 +198,60 @@ def profile(output, resume, **kw):
 
 @main.command()
 @model_options
+@search_options
 @click.option("--budget-ms", type=float, default=None, help="latency budget for the whole model (ms).")
 @click.option("--budget-flops", type=float, default=None, help="FLOPs budget as a fraction of the unpruned blocks' FLOPs (RCTP's 1 - C).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None, help="calibration file (default: cached or computed).")
 @click.option("--latency-table", type=click.Path(path_type=Path), default=None, help="latency table (default: cached or profiled).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="schedule (.json).")
 @_handle_errors
-def search(output, budget_ms, budget_flops, calibration, latency_table, **kw):
-    """Monotone Viterbi (RCTP eq. 7-8) over measured latency or FLOPs: writes a schedule."""
+def search(output, budget_ms, budget_flops, calibration, latency_table, max_accuracy_drop, **kw):
+    """Schedule for a latency budget (and/or an accuracy drop) or RCTP's FLOPs budget: writes a schedule.
+
+    Latency budgets use the measured objective by default (best quality measured on the pruned model
+    among Viterbi, single-cut and constant-rate candidates); --objective fisher is RCTP's eq. (7)-(8).
+    """
+    from ..pipeline import make_search, pick_for_accuracy
     from ..search.planner import Planner
 
-    if (budget_ms is None) == (budget_flops is None):
-        raise click.UsageError("give exactly one of --budget-ms or --budget-flops")
-    ctx = Context(_options(kw), log=_log)
+    if budget_flops is not None and (budget_ms is not None or max_accuracy_drop is not None):
+        raise click.UsageError("--budget-flops is RCTP's FLOPs search: give it alone, or use --budget-ms / --max-accuracy-drop")
+    if budget_flops is None and budget_ms is None and max_accuracy_drop is None:
+        raise click.UsageError("give --budget-ms, --max-accuracy-drop (or both), or --budget-flops")
+    ctx = Context(_search_options(_options(kw), kw), log=_log)
     # the table first (a paper's reference table, e.g. zcu102-spvit-deit-s, is checked before calibrating)
-    table = ctx.latency_table(latency_table, allow_reference=True) if budget_ms is not None else None
+    table = ctx.latency_table(latency_table, allow_reference=True) if budget_flops is None else None
     cal = ctx.calibration(calibration)
     planner = None
-    if budget_ms is not None:
-        planner = (table.planner if hasattr(table, "planner") else functools.partial(Planner, cost_model="latency", table=table))(
-            cal, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens, package_token=ctx.model.package_token)
+    if hasattr(table, "planner"):  # a paper's reference table: its own planner, Fisher objective
+        if max_accuracy_drop is not None:
+            raise ValueError("--max-accuracy-drop measures the pruned model on your device's table: not with a paper's reference table")
+        planner = table.planner(cal, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens, package_token=ctx.model.package_token)
         schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
+    elif budget_flops is None:
+        planner, _ = make_search(ctx, cal, table, log=_log)
+        if max_accuracy_drop is not None:
+            schedule = pick_for_accuracy(planner, budget_ms, max_accuracy_drop)
+        else:
+            schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
     else:
         schedule = Planner(cal, "flops").solve(budget_flops)
     schedule.save(output)
     unit = "ms" if budget_ms is not None else "of FLOPs"
     if hasattr(planner, "explain"):
         click.echo("\n".join(planner.explain(schedule)))
-    click.echo(f"schedule: predicted {schedule.predicted:.3f} {unit}, mean kept tokens per block "
+    quality = schedule.meta.get("calibration_quality")
+    est = "" if quality is None else (f", calibration {'accuracy' if quality['accuracy'] is not None else 'agreement'} "
+                                      f"{100 * (quality['accuracy'] if quality['accuracy'] is not None else quality['agreement']):.1f} % "
+                                      f"(drop {quality['drop_points']:.1f} points; {schedule.meta['family']})")
+    click.echo(f"schedule: predicted {schedule.predicted:.3f} {unit}{est}, mean kept tokens per block "
                f"{[round(k, 1) for k in schedule.predicted_kept]} -> {output}")
 
 
 @main.command("export")
 @model_options
-@click.option("--budget-ms", type=float, required=True, help="latency budget (ms, median on the device).")
+@search_options
+@click.option("--budget-ms", type=float, default=None, help="latency budget (ms, median on the device).")
 @click.option("--eval-data", default=None, help="labelled images (class sub-folders) for the accuracy report.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None)
 @click.option("--latency-table", type=click.Path(path_type=Path), default=None)
@@ -209,17 +259,21 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, **kw):
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("vitedge-out"), show_default=True, help="output folder.")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON.")
 @_handle_errors
-def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rounds, as_json, **kw):
+def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rounds, as_json, max_accuracy_drop, **kw):
     """The main job: calibrate, profile, search, export (ONNX or TFLite), and measure it against the budget."""
     from ..pipeline import run_export
 
-    if budget_ms <= 0:
+    if budget_ms is None and max_accuracy_drop is None:
+        raise click.UsageError("give --budget-ms, --max-accuracy-drop, or both")
+    if budget_ms is not None and budget_ms <= 0:
         raise ValueError(f"--budget-ms must be > 0, got {budget_ms}")
-    opts = _options(kw)
+    if max_accuracy_drop is not None and not max_accuracy_drop >= 0:
+        raise ValueError(f"--max-accuracy-drop must be >= 0 points, got {max_accuracy_drop}")
+    opts = _search_options(_options(kw), kw)
     opts.eval_data = eval_data
     ctx = Context(opts, log=_log)
-    report = run_export(ctx, budget_ms, output, calibration_path=calibration, table_path=latency_table,
-                        max_rounds=max_rounds, log=_log)
+    report = run_export(ctx, budget_ms, output, max_accuracy_drop=max_accuracy_drop, calibration_path=calibration,
+                        table_path=latency_table, max_rounds=max_rounds, log=_log)
     if as_json:
         click.echo(json.dumps(report, indent=1, default=float))
         return
@@ -227,8 +281,9 @@ def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rou
     kept = [round(b["mean_kept_tokens"], 1) for b in report["schedule"]["blocks"]]
     lines = [
         f"model     {report['model']['name']} ({report['model']['num_tokens']} tokens, {report['model']['depth']} blocks)",
-        f"budget    {budget_ms:.3f} ms   measured {m['median']:.3f} ms median (p90 {m['p90']:.3f}, {m['runs']} runs)   "
-        f"unpruned {u['median']:.3f} ms   speed-up x{report['speedup']:.2f}   predicted {report['predicted_ms']:.3f} ms",
+        ("budget    " + (f"{budget_ms:.3f} ms" if budget_ms is not None else f"accuracy drop <= {max_accuracy_drop:g} points")
+         + f"   measured {m['median']:.3f} ms median (p90 {m['p90']:.3f}, {m['runs']} runs)   "
+         f"unpruned {u['median']:.3f} ms   speed-up x{report['speedup']:.2f}   predicted {report['predicted_ms']:.3f} ms"),
         f"kept      mean patch tokens per block {kept} ({report['mode']} mode, {report['format']}"
         + (f" via {report['tflite_converter']}" if report.get("tflite_converter") else "") + ")",
         f"parity    max |logit diff| {report['parity']['max_abs_diff']:.1e}, top-1 agreement {report['parity']['top1_agreement']:.3f}",
@@ -236,6 +291,11 @@ def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rou
     if "xnnpack" in report:
         x = report["xnnpack"]
         lines.append(f"xnnpack   {x['delegated']}/{x['nodes']} nodes delegated in {x['partitions']} partition(s)")
+    est = report.get("calibration_estimate")
+    if est is not None:
+        what = ("accuracy", est["accuracy"]) if est["accuracy"] is not None else ("agreement with unpruned", est["agreement"])
+        lines.append(f"estimate  calibration {what[0]} {100 * what[1]:.1f} % on {est['images']} images, drop {est['drop_points']:.1f} points, "
+                     f"KL {est['kl']:.3f} ({report['objective']} objective)")
     acc = report["accuracy"]
     if acc.get("available"):
         lines.append(f"accuracy  unpruned {100 * acc['unpruned']:.1f} %  pruned {100 * acc['pruned']:.1f} %  on {acc['count']} images ({acc['images']})")

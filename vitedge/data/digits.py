@@ -49,6 +49,11 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def subset(self, n: int) -> "ImageSet":
+        """The first ``n`` images (n >= 1), labels kept; named ``name[:n]``."""
+        n = max(1, min(int(n), len(self)))
+        return ImageSet(self.images[:n], None if self.labels is None else self.labels[:n], f"{self.name}[:{n}]")
+
 
 def _digit_indices() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits

@@ -29,12 +29,16 @@ class UnsupportedModelError(ValueError):
 class PrunableAttention(Attention):
     """timm ``Attention`` that also returns the CLS row of its attention map."""
 
-    def forward_with_scores(self, x: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_scores(self, x: torch.Tensor, num_prefix: int,
+                            key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Explicit attention (same math as timm's non-fused path).
 
         Args:
             x: (B, N, C) normalised tokens.
             num_prefix: p, prefix tokens (CLS is token 0).
+            key_bias: optional (B, 1, 1, N) added to the attention logits: -inf for a key that is
+                padding, not a token (batched evaluation of pruned models, :mod:`vitedge.quality`);
+                a padded query's output is garbage and must stay unused.
 
         Returns:
             out: (B, N, C) the MSA output (after ``proj``/``proj_drop``).
@@ -46,6 +50,8 @@ class PrunableAttention(Attention):
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         attn = (q * self.scale) @ k.transpose(-2, -1)
+        if key_bias is not None:
+            attn = attn + key_bias
         attn = attn.softmax(dim=-1)
         scores = cls_attention_scores(attn, num_prefix)
         out = self.attn_drop(attn) @ v
@@ -65,12 +71,14 @@ class PrunableBlock(Block):
     num_prefix: int = 1
     min_keep: int = 0  # patch tokens a selector always keeps (1 when the head pools patch tokens)
 
-    def attention_part(self, x: torch.Tensor, fisher_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention_part(self, x: torch.Tensor, fisher_mask: torch.Tensor | None = None,
+                       key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """MSA with residual: (B, N, C) -> (B, N, C), plus (B, N - p) CLS scores.
 
         ``fisher_mask`` (B, N, 1) of ones, when given, multiplies the MSA output (RCTP eq. (4)).
+        ``key_bias`` (B, 1, 1, N): see :meth:`PrunableAttention.forward_with_scores`.
         """
-        a, scores = self.attn.forward_with_scores(self.norm1(x), self.num_prefix)
+        a, scores = self.attn.forward_with_scores(self.norm1(x), self.num_prefix, key_bias)
         if fisher_mask is not None:
             a = a * fisher_mask
         return x + self.drop_path1(self.ls1(a)), scores

@@ -122,6 +122,15 @@ class Planner:
                               "runtime": None if self.table is None else self.table.device.get("runtime"),
                               "threads": None if self.table is None else self.table.device.get("threads")})
 
+    def schedule(self, indices, budget: float, predicted: float) -> Schedule:
+        """The schedule of candidate ``indices`` (L,) (0 = no selector; any order, not only monotone),
+        with ``predicted`` (in :attr:`unit`) as its prediction and its table loss as ``fisher_loss``."""
+        idx = np.asarray(indices, np.int64)
+        loss = float(self.loss[np.arange(len(idx)), idx].sum())
+        s = self._schedule(idx, budget, 0.0, loss)
+        s.predicted = float(predicted)
+        return s
+
     def keep_all(self, budget: float) -> Schedule:
         """The schedule that prunes nothing (used when the budget is at or above the unpruned cost)."""
         L = self.calibration.thresholds.shape[0]

@@ -1,0 +1,236 @@
+"""The measured objective: batched quality of pruned models (vitedge.quality) and the schedule search
+over it (vitedge.search.measured), on tiny timm ViTs with real calibrations and a synthetic table."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import NUM_PATCHES, make_config, make_table
+from vitedge.calibration import calibrate
+from vitedge.data.digits import ImageSet
+from vitedge.evaluate import evaluate_pruned
+from vitedge.models.adapter import PrunableViT
+from vitedge.quality import QualityEvaluator
+from vitedge.search import BudgetUnreachableError
+from vitedge.search.measured import MeasuredSearch, SearchKnobs
+from vitedge.search.planner import Planner
+
+D = 24
+
+
+def image_set(D: int = D, labels: bool = True, seed: int = 7) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(D, 3, 32, 32, generator=g).numpy()
+    y = np.arange(D) % 5 if labels else None
+    return ImageSet(x, y, "random")
+
+
+def thresholds_from_scores(model: PrunableViT, images: ImageSet, quantiles) -> list:
+    """θ_l at a quantile of block l's unpruned CLS scores (so each selector keeps a sensible share)."""
+    with torch.no_grad():
+        out = model.forward_with_info(torch.from_numpy(images.images), want_scores=True)
+    return [None if q is None else float(np.quantile(s.numpy(), q)) for s, q in zip(out.scores, quantiles)]
+
+
+@pytest.mark.parametrize("key", ["plain", "distilled", "avg_pool", "registers", "layerscale"])
+@pytest.mark.parametrize("depth", [3])
+def test_batched_quality_equals_batch1_forward(key, depth):
+    """Threshold and capacity mode: kept counts and predictions of the batched, masked evaluation
+    equal the deployed batch-1 forward (tokens really removed) image by image."""
+    vit, _ = make_config(key, depth=depth)
+    model = PrunableViT(vit)
+    ims = image_set()
+    ev = QualityEvaluator(model, ims, batch_size=10)  # uneven chunks on purpose
+    ref = evaluate_pruned(model, ims).top1
+    assert np.array_equal(ev.reference_top1, ref)
+    for quantiles in ([0.5, None, 0.6], [None, 0.3, 0.8], [0.2, 0.2, None]):
+        thr = thresholds_from_scores(model, ims, quantiles)
+        q = ev.evaluate("threshold", thr)
+        e = evaluate_pruned(model, ims, thr, reference_top1=ref)
+        assert np.array_equal(q.kept, e.kept) and np.array_equal(q.top1, e.top1)
+        assert q.agreement == e.agreement and q.accuracy == e.accuracy
+        assert q.kept[:, 0].tolist() != [NUM_PATCHES] * depth  # something was pruned
+    for caps in ([10, None, 6], [None, 12, 12], [15, 4, 2], [16, 16, 16]):
+        q = ev.evaluate("capacity", caps)
+        e = evaluate_pruned(model, ims, capacities=caps, reference_top1=ref)
+        assert np.array_equal(q.kept, e.kept) and np.array_equal(q.top1, e.top1)
+    assert model.thresholds == [None] * depth and model.capacities == [None] * depth  # configuration untouched
+
+
+def test_quality_metrics_and_cache():
+    vit, _ = make_config("plain", depth=3)
+    model = PrunableViT(vit)
+    ims = image_set(labels=False)
+    ev = QualityEvaluator(model, ims)
+    keep = ev.evaluate("capacity", [None, None, None])
+    assert keep.agreement == 1.0 and keep.kl == 0.0 and keep.accuracy is None and ev.drop_points(keep) == 0.0
+    q = ev.evaluate("capacity", [2, 1, 1])
+    assert q.kl > 0 and ev.drop_points(q) == pytest.approx(100 * (1 - q.agreement))
+    n = ev.evaluations
+    assert ev.evaluate("capacity", (2, 1, 1)) is q and ev.evaluations == n  # cached by value
+    with pytest.raises(ValueError, match="expected 3 values"):
+        ev.evaluate("capacity", [2, 1])
+    with pytest.raises(ValueError, match="unknown mode"):
+        ev.evaluate("topk", [2, 1, 1])
+    model.package_token = True
+    with pytest.raises(NotImplementedError, match="objective fisher"):
+        QualityEvaluator(model, ims)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A tiny 3-block ViT, its real calibration (labelled images), and a synthetic latency table."""
+    vit, _ = make_config("plain", depth=3, seed=3)
+    model = PrunableViT(vit)
+    ims = image_set(D=32, seed=11)
+    cal = calibrate(model, ims, model_hash="m" * 16, image_set_hash="i" * 16, num_candidates=21, progress=False)
+    table = make_table(N=NUM_PATCHES + 1, depth=3)
+    sel = table.parts["selector"]
+    table.parts["capacity_selector"] = {k: [2 * x for x in v] if k != "samples_ms" else v for k, v in sel.items()}
+    return model, ims, cal, table
+
+
+def single_cut_and_constant(search: MeasuredSearch) -> list[tuple]:
+    """The families the guarantee is about, enumerated here independently of the search's own code."""
+    L, out = search.depth, []
+    for l in range(L):
+        for m in search.cols:
+            idx = [0] * L
+            idx[l] = int(m)
+            if search.mode == "capacity":
+                idx[l:] = [int(m)] * (L - l)
+            out.append(tuple(idx))
+    if search.mode == "threshold":
+        out += [(int(m),) * L for m in search.cols]
+    else:
+        caps, P = search.planner.capacities, int(search.planner.capacities[0])
+        for r in range(1, P // L + 2):
+            out.append(tuple(int(np.argmin(np.abs(caps - max(P - r * (l + 1), int(caps[-1]))))) for l in range(L)))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["threshold", "capacity"])
+def test_chosen_schedule_never_worse_than_single_cut_or_constant_rate(setup, mode):
+    """The guarantee: on the calibration images, for every budget, the returned schedule is at least as
+    good as the best single-cut or constant-rate schedule whose predicted latency fits, each measured
+    with the deployed batch-1 forward."""
+    model, ims, cal, table = setup
+    planner = Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens)
+    ev = QualityEvaluator(model, ims)
+    search = MeasuredSearch(planner, ev, SearchKnobs(grid=8, sweep=6, refine=1))
+    baseline = []
+    ref = evaluate_pruned(model, ims).top1
+    for idx in single_cut_and_constant(search):
+        values = search.values(idx)
+        e = (evaluate_pruned(model, ims, capacities=values, reference_top1=ref) if mode == "capacity"
+             else evaluate_pruned(model, ims, values, reference_top1=ref))
+        sel = planner.schedule(idx, np.inf, 0.0).selectors
+        pred = float(table.predict_ms(e.kept, np.array(sel), mode=mode).mean())
+        baseline.append((pred, e.accuracy))
+    preds = sorted(p for p, _ in baseline)
+    budgets = np.linspace(preds[0], planner.full, 7)
+    for b in budgets:
+        chosen = search.best(float(b))
+        best_base = max(a for p, a in baseline if p <= b + 1e-12)
+        assert chosen.predicted_ms <= b
+        assert chosen.quality.accuracy >= best_base, (b, chosen, best_base)
+    s = search.solve(float(budgets[3]))
+    assert s.meta["objective"] == "measured" and s.predicted <= budgets[3] and s.mode == mode
+    with pytest.raises(BudgetUnreachableError, match="smallest reachable"):
+        search.best(0.5 * preds[0])
+
+
+def test_fastest_within_drop(setup):
+    model, ims, cal, table = setup
+    planner = Planner(cal, "latency", table, mode="capacity")
+    search = MeasuredSearch(planner, QualityEvaluator(model, ims), SearchKnobs(grid=8, sweep=4, refine=1))
+    zero = search.fastest_within(0.0)
+    assert zero.drop <= 1e-9
+    loose = search.fastest_within(50.0)
+    assert loose.drop <= 50.0 and loose.predicted_ms <= zero.predicted_ms
+    for c in search.candidates:  # nothing evaluated is faster and within the drop
+        if c.drop <= 0.0:
+            assert c.predicted_ms >= zero.predicted_ms
+    with pytest.raises(ValueError, match="max-accuracy-drop"):
+        search.fastest_within(-1)
+
+
+def test_knobs_are_checked():
+    with pytest.raises(ValueError, match="grid"):
+        SearchKnobs(grid=0)
+    with pytest.raises(ValueError, match="refine"):
+        SearchKnobs(refine=-1)
+
+
+def test_measured_search_imports_no_torch():
+    code = "import sys, vitedge.search.measured; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- the command line, on the shipped reference model (trained weights, so pruning changes predictions) --
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from vitedge.cli.main import main
+
+    root = tmp_path_factory.mktemp("measured_cli")
+    quick = ["--quiet", "--threads", "1", "--warmup", "1", "--runs", "5", "--min-time", "0", "--calib-limit", "48",
+             "--cache-dir", str(root / "cache"), "--search-grid", "8"]
+
+    def run(*args):
+        return CliRunner().invoke(main, [*args, *quick], catch_exceptions=False)
+
+    r = run("export", "--budget-ms", "10000", "-o", str(root / "u"))
+    assert r.exit_code == 0, r.output
+    rep = __import__("json").loads((root / "u" / "report.json").read_text())
+    assert rep["objective"] == "keep-all" and rep["calibration_estimate"] is None  # fast path: no calibration
+    return run, root, rep["unpruned_ms"]["median"]
+
+
+def test_cli_max_accuracy_drop_alone_and_with_budget(cli):
+    import json
+
+    run, root, unpruned = cli
+    r = run("export", "--max-accuracy-drop", "2", "-o", str(root / "d"))
+    assert r.exit_code == 0, r.output
+    rep = json.loads((root / "d" / "report.json").read_text())
+    est = rep["calibration_estimate"]
+    assert rep["max_accuracy_drop"] == 2 and rep["budget_ms"] is None and rep["objective"] == "measured"
+    assert est["drop_points"] <= 2 and est["images"] == 48 and est["drop_measure"] == "accuracy (labelled)"
+    assert rep["accuracy"]["available"] and "calibration_to_eval_gap_points" in rep["accuracy"]
+    assert "accuracy drop <= 2 points" in r.stdout and "estimate" in r.stdout
+    # both flags, impossible together: one line naming both numbers, exit 2, no output folder
+    r = run("export", "--max-accuracy-drop", "0", "--budget-ms", f"{0.3 * unpruned:.4f}", "-o", str(root / "x"))
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: no schedule within") and "the fastest that does is predicted" in err and "the drop is" in err
+    assert not (root / "x").exists()
+    r = run("search", "--max-accuracy-drop", "2", "-o", str(root / "s.json"))
+    assert r.exit_code == 0, r.output
+    s = json.loads((root / "s.json").read_text())
+    assert s["meta"]["objective"] == "measured" and s["meta"]["calibration_quality"]["drop_points"] <= 2
+
+
+def test_cli_objectives_and_large_drop_warning(cli):
+    """Both objectives write schedules; a tight budget's export warns and names a budget that keeps 1 point."""
+    import json
+
+    run, root, unpruned = cli
+    out = {}
+    for objective in ("measured", "fisher"):
+        r = run("search", "--budget-ms", f"{0.5 * unpruned:.4f}", "--objective", objective, "-o", str(root / f"{objective}.json"))
+        assert r.exit_code == 0, r.output
+        out[objective] = json.loads((root / f"{objective}.json").read_text())
+    assert out["fisher"]["meta"].get("objective") is None and out["measured"]["meta"]["family"]
+    r = run("export", "--budget-ms", f"{0.35 * unpruned:.4f}", "--max-rounds", "6", "-o", str(root / "tight"))
+    assert r.exit_code == 0, r.output
+    rep = json.loads((root / "tight" / "report.json").read_text())
+    assert rep["calibration_estimate"]["drop_points"] > 5
+    assert any(n.startswith("warning: estimated accuracy drop") and "keeps it within 1 point" in n for n in rep["notes"])
+    assert "warning: estimated accuracy drop" in r.stderr

@@ -1,0 +1,329 @@
+"""Schedule search on quality measured on the pruned model (DESIGN.md, "Objective").
+
+RCTP's Fisher-loss table (eq. (7)) is a proxy taken on the unpruned model and summed over blocks;
+pruning compounds (a token dropped at block l is gone for every later block, and later CLS attention
+is computed among the survivors), so the proxy can rank schedules wrongly. Here the schedule that is
+returned for a budget is the one with the best quality *measured on the pruned model* over the
+calibration images, among candidates whose predicted latency fits. Quality is the top-1 accuracy when
+the images are labelled, else the top-1 agreement with the unpruned model; ties are broken by the mean
+KL divergence of the logits (lower first). Predicted latency: the measured latency table at the
+*realised* per-image kept-token counts of the pruned model (compounding included).
+
+Candidates (all evaluated on the same images; every evaluation is cached and reused across budgets):
+
+- ``fisher``: RCTP's monotone Viterbi over the Fisher-loss table, solved over a sweep of budgets;
+- ``single-cut``: prune at one block l only, every block x every grid candidate (POMT's family:
+  threshold mode keeps no selector after l; capacity mode keeps K from block l on);
+- ``constant-rate``: the same candidate at every block (threshold mode: the same FLOPs-reduction rank
+  m/M, RCTP §III-B) or RCTP's constant Top-K, K_l = P - r (l + 1) (capacity mode);
+- ``measured-viterbi``: the same monotone Viterbi over a per-block loss *measured on the pruned model*:
+  the mean KL of the single cut at (l, m) (activations before block l cached), over the sweep;
+- ``refined``: from the best candidate that fits, local moves (one block's candidate one grid step up
+  or down) kept while they improve the measured quality and still fit.
+
+Pure NumPy: the measurement is a callable the caller hands in (``evaluator.evaluate(mode, values)``
+returning an object with ``agreement``, ``kl``, ``accuracy``, ``kept`` (L, D), and
+``evaluator.drop_points(q)``; :class:`vitedge.quality.QualityEvaluator` in practice).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..schedule import Schedule
+from .viterbi import BudgetUnreachableError, MonotoneViterbi, _fmt_up
+
+OBJECTIVES = ("measured", "fisher")
+
+
+@dataclass(frozen=True)
+class SearchKnobs:
+    """Cost knobs of the measured search (each evaluation runs the pruned model on the search images).
+
+    Attributes:
+        grid: candidates per block for single cuts, constant rates and the measured-loss table
+            (evaluations: about ``depth x grid`` once per model); more finds finer trade-offs, costs linearly.
+        sweep: budgets of the Fisher and measured-loss Viterbi sweeps (at most 2 x sweep evaluations).
+        refine: rounds of local refinement per budget (each at most 2 x depth evaluations).
+    """
+
+    grid: int = 24
+    sweep: int = 16
+    refine: int = 2
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or v < (0 if f.name == "refine" else 1):
+                raise ValueError(f"search knob {f.name} must be an integer >= {0 if f.name == 'refine' else 1}, got {v!r}")
+
+    def forwards(self, depth: int) -> float:
+        """Rough cost of the budget-independent families plus one budget's refinement, in unpruned
+        forwards over the search images (a single cut at block l runs blocks l.. on about half the tokens)."""
+        return 0.55 * (self.grid * (depth + 1) / 2 + self.grid) + 0.7 * 2 * self.sweep + 0.6 * self.refine * 2 * depth
+
+
+def plan_knobs(depth: int, num_images: int, forward_s: float, seconds: float, *, min_grid: int = 8,
+               min_images: int = 32, fixed: dict | None = None) -> tuple[SearchKnobs, int]:
+    """Knobs and the number of search images that fit a time budget.
+
+    Args:
+        depth: L blocks. num_images: calibration images available.
+        forward_s: measured seconds of one unpruned forward over all ``num_images``.
+        seconds: time budget of the search (s). fixed: knobs the user set (kept as given).
+
+    Returns:
+        (knobs, images): the default grid (24) and every image when they fit; else the grid shrinks
+        to ``min_grid``, then the images to ``min_images``, then the grid to 3.
+    """
+    fixed = dict(fixed or {})
+    base = SearchKnobs(**fixed)
+    per_image = forward_s / max(num_images, 1)
+    images = num_images
+
+    def cost(knobs, n):
+        return knobs.forwards(depth) * per_image * n
+
+    grid = base.grid
+    if "grid" not in fixed:
+        while grid > min_grid and cost(dataclasses.replace(base, grid=grid), images) > seconds:
+            grid -= 1
+    knobs = dataclasses.replace(base, grid=grid)
+    while images > min_images and cost(knobs, images) > seconds:
+        images = max(min_images, int(images * 0.8))
+    if "grid" not in fixed:
+        while grid > 3 and cost(dataclasses.replace(knobs, grid=grid), images) > seconds:
+            grid -= 1
+    return dataclasses.replace(knobs, grid=grid), images
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated schedule: ``indices`` (L,) candidate per block (0 = no selector), the family that
+    proposed it first, its measured quality, predicted latency (ms) and accuracy drop (points)."""
+
+    family: str
+    indices: tuple
+    quality: object
+    predicted_ms: float
+    drop: float
+
+    def key(self) -> tuple:
+        """Larger is better: (accuracy or agreement, -KL)."""
+        q = self.quality
+        return (q.accuracy if q.accuracy is not None else q.agreement, -q.kl)
+
+    def to_dict(self) -> dict:
+        q = self.quality
+        return {"family": self.family, "candidates": list(self.indices), "predicted_ms": self.predicted_ms,
+                "agreement": q.agreement, "kl": q.kl, "accuracy": q.accuracy, "drop_points": self.drop,
+                "mean_kept": [float(v) for v in np.asarray(q.kept).mean(axis=1)]}
+
+
+class MeasuredSearch:
+    """Budget -> the schedule with the best measured calibration quality whose predicted latency fits.
+
+    Drop-in for :class:`~vitedge.search.planner.Planner` where a schedule is asked for a budget in ms
+    (``solve``, ``keep_all``, ``table``, ``full``, ``min_budget``), plus :meth:`fastest_within` (the
+    dual: the fastest schedule within an accuracy drop).
+
+    Args:
+        planner: a latency :class:`~vitedge.search.planner.Planner` (candidates, costs, Fisher-Viterbi).
+        evaluator: measures candidates (see the module docstring).
+        knobs: :class:`SearchKnobs`.
+        progress: optional callable(n) advancing a progress bar by n evaluations.
+
+    Raises:
+        ValueError: a planner that is not over measured latency.
+    """
+
+    def __init__(self, planner, evaluator, knobs: SearchKnobs | None = None, progress=None):
+        if planner.unit != "ms":
+            raise ValueError("the measured objective searches over measured latency: use --budget-ms (or --objective fisher)")
+        self.planner, self.evaluator = planner, evaluator
+        self.knobs = knobs or SearchKnobs()
+        self.table, self.mode, self.full, self.unit = planner.table, planner.mode, planner.full, "ms"
+        self._progress = progress or (lambda n: None)
+        self._cands: dict[tuple, Candidate] = {}
+        L, M = planner.loss.shape
+        self.depth, self.num_candidates = L, M
+        self.cols = np.unique(np.round(np.linspace(1, M - 1, min(self.knobs.grid, M - 1))).astype(np.int64)) if M > 1 \
+            else np.zeros(0, np.int64)
+        self._families_done = False
+        self._refined: dict[float, Candidate] = {}
+        self.seconds = 0.0  # spent measuring candidates
+
+    # -- candidates ------------------------------------------------------------------------------------
+    def _normalise(self, indices) -> tuple:
+        idx = [int(i) for i in indices]
+        if self.mode == "capacity":  # K never grows: a larger K after a smaller one is the same model
+            idx = list(np.maximum.accumulate(idx))
+        return tuple(idx)
+
+    def values(self, indices) -> list:
+        """Per-block θ_l (threshold) or K_l (capacity) of candidate indices; None where m_l = 0."""
+        if self.mode == "capacity":
+            return [None if m == 0 else int(self.planner.capacities[m]) for m in indices]
+        th = self.planner.calibration.thresholds
+        return [None if m == 0 else float(th[l, m]) for l, m in enumerate(indices)]
+
+    def evaluate(self, family: str, indices) -> Candidate:
+        """Measure (cached) the schedule with these candidate indices."""
+        idx = self._normalise(indices)
+        c = self._cands.get(idx)
+        if c is not None:
+            return c
+        t0 = time.perf_counter()
+        q = self.evaluator.evaluate(self.mode, self.values(idx))
+        self.seconds += time.perf_counter() - t0
+        self._progress(1)
+        sel = self.planner.schedule(idx, math.inf, 0.0).selectors
+        pred = float(np.mean(self.table.predict_ms(np.asarray(q.kept), np.array(sel), mode=self.mode)))
+        c = Candidate(family, idx, q, pred, float(self.evaluator.drop_points(q)))
+        self._cands[idx] = c
+        return c
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """Every evaluated candidate, in evaluation order."""
+        return list(self._cands.values())
+
+    def _sweep_budgets(self) -> np.ndarray:
+        lo, hi = self.planner.min_budget, self.full
+        return np.linspace(lo, hi, self.knobs.sweep + 2)[1:-1] if hi > lo else np.zeros(0)
+
+    def ensure_families(self) -> None:
+        """Evaluate the budget-independent families once: single cuts, constant rates, both Viterbi sweeps."""
+        if self._families_done:
+            return
+        L = self.depth
+        self.evaluate("unpruned", [0] * L)
+        single = np.zeros((L, len(self.cols)))  # mean KL of the single cut at (l, m): the measured per-block loss
+        for l in range(L):
+            for j, m in enumerate(self.cols):
+                idx = [0] * L
+                idx[l] = m
+                if self.mode == "capacity":
+                    idx[l:] = [m] * (L - l)
+                single[l, j] = self.evaluate("single-cut", idx).quality.kl
+        if self.mode == "capacity":
+            caps, P = self.planner.capacities, int(self.planner.capacities[0])
+            for r in range(1, max(2, math.ceil(P / L)) + 1):
+                want = [max(P - r * (l + 1), int(caps[-1])) for l in range(L)]
+                self.evaluate("constant-rate", [int(np.argmin(np.abs(caps - k))) for k in want])
+        else:
+            for m in self.cols:
+                self.evaluate("constant-rate", [m] * L)
+        for b in self._sweep_budgets():
+            try:
+                self.evaluate("fisher", self.planner.solve(float(b)).candidates)
+            except BudgetUnreachableError:
+                continue
+        cols = np.concatenate([[0], self.cols])
+        loss = np.concatenate([np.zeros((L, 1)), single], axis=1)
+        vit = MonotoneViterbi(loss, self.planner.cost[:, cols], unit="ms")
+        for b in self._sweep_budgets():
+            try:
+                sol = vit.solve(float(b) - self.planner.base)
+            except (BudgetUnreachableError, ValueError):
+                continue
+            self.evaluate("measured-viterbi", cols[sol.indices])
+        self._families_done = True
+
+    # -- selection ---------------------------------------------------------------------------------------
+    def _fitting(self, budget: float) -> list[Candidate]:
+        return [c for c in self._cands.values() if c.predicted_ms <= budget]
+
+    def _neighbours(self, idx: tuple):
+        cols = np.concatenate([[0], self.cols])
+        for l in range(self.depth):
+            pos = int(np.searchsorted(cols, idx[l]))
+            for p in (pos - 1, pos + 1 if pos < len(cols) and cols[pos] == idx[l] else pos):
+                if 0 <= p < len(cols) and cols[p] != idx[l]:
+                    new = list(idx)
+                    new[l] = int(cols[p])
+                    yield new
+
+    def _refine(self, start: Candidate, better, fits) -> Candidate:
+        best = start
+        for _ in range(self.knobs.refine):
+            moved = False
+            for idx in self._neighbours(best.indices):
+                c = self.evaluate("refined", idx)
+                if fits(c) and better(c, best):
+                    best, moved = c, True
+            if not moved:
+                break
+        return best
+
+    @property
+    def min_budget(self) -> float:
+        """Smallest predicted latency (ms) of any evaluated candidate."""
+        self.ensure_families()
+        return min(c.predicted_ms for c in self._cands.values())
+
+    def best(self, budget: float) -> Candidate:
+        """The best measured candidate with predicted latency <= ``budget`` ms (after local refinement).
+
+        Raises:
+            ValueError: budget not a positive number.
+            BudgetUnreachableError: no candidate fits (the message names the smallest reachable budget).
+        """
+        if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+            raise ValueError(f"budget must be a positive number, got {budget}: pass --budget-ms > 0")
+        self.ensure_families()
+        try:  # RCTP's own schedule for this budget is always a candidate
+            self.evaluate("fisher", self.planner.solve(float(budget)).candidates)
+        except BudgetUnreachableError:
+            pass
+        fit = self._fitting(budget)
+        if not fit:
+            reach = self.min_budget
+            raise BudgetUnreachableError(f"budget {budget:.4g} ms is below the smallest reachable {_fmt_up(reach)} ms on "
+                                         f"this device: raise --budget-ms to at least {_fmt_up(reach)}", reach)
+        top = max(fit, key=Candidate.key)
+        if budget not in self._refined:
+            self._refined[budget] = self._refine(top, lambda a, b: a.key() > b.key(), lambda c: c.predicted_ms <= budget)
+        return max(self._fitting(budget), key=Candidate.key)
+
+    def fastest_within(self, drop_points: float) -> Candidate:
+        """The fastest (predicted) candidate whose measured accuracy drop is at most ``drop_points``.
+
+        Raises:
+            ValueError: a negative or non-finite drop.
+        """
+        if not (isinstance(drop_points, (int, float)) and math.isfinite(drop_points) and drop_points >= 0):
+            raise ValueError(f"--max-accuracy-drop must be a number of points >= 0, got {drop_points}")
+        self.ensure_families()
+        ok = [c for c in self._cands.values() if c.drop <= drop_points + 1e-9]
+        start = min(ok, key=lambda c: (c.predicted_ms, -c.key()[0]))
+        self._refine(start, lambda a, b: a.predicted_ms < b.predicted_ms, lambda c: c.drop <= drop_points + 1e-9)
+        ok = [c for c in self._cands.values() if c.drop <= drop_points + 1e-9]
+        return min(ok, key=lambda c: (c.predicted_ms, -c.key()[0]))
+
+    # -- Planner interface -----------------------------------------------------------------------------------
+    def schedule(self, cand: Candidate, budget: float) -> Schedule:
+        """The :class:`~vitedge.schedule.Schedule` of an evaluated candidate (predicted = its realised prediction)."""
+        s = self.planner.schedule(cand.indices, budget, cand.predicted_ms)
+        q = cand.quality
+        meta = {**s.meta, "objective": "measured", "family": cand.family,
+                "calibration_quality": {"agreement": q.agreement, "kl": q.kl, "accuracy": q.accuracy,
+                                        "drop_points": cand.drop}}
+        return dataclasses.replace(s, predicted=cand.predicted_ms,
+                                   predicted_kept=[float(v) for v in np.asarray(q.kept).mean(axis=1)], meta=meta)
+
+    def solve(self, budget: float) -> Schedule:
+        """:meth:`best` as a schedule. Raises as :meth:`best`."""
+        return self.schedule(self.best(budget), budget)
+
+    def keep_all(self, budget: float) -> Schedule:
+        return self.planner.keep_all(budget)
+
+    def realised(self, schedule: Schedule) -> tuple[float, np.ndarray]:
+        """(predicted ms at the realised kept counts, kept (L, D)) of a schedule, from the cache when evaluated."""
+        c = self.evaluate("closed-loop", schedule.candidates)
+        return c.predicted_ms, np.asarray(c.quality.kept)
