@@ -149,14 +149,32 @@ def test_fastest_within_drop(setup):
     planner = Planner(cal, "latency", table, mode="capacity")
     search = MeasuredSearch(planner, QualityEvaluator(model, ims), SearchKnobs(grid=8, sweep=4, refine=1))
     zero = search.fastest_within(0.0)
-    assert zero.drop <= 1e-9
+    assert zero.drop_bound <= 1e-9 or set(zero.indices) == {0}
     loose = search.fastest_within(50.0)
-    assert loose.drop <= 50.0 and loose.predicted_ms <= zero.predicted_ms
+    assert loose.drop_bound <= 50.0 and loose.drop <= loose.drop_bound and loose.predicted_ms <= zero.predicted_ms
+    assert loose.predicted_ms < search.full  # 50 points allow pruning on this model
     for c in search.candidates:  # nothing evaluated is faster and within the drop
-        if c.drop <= 0.0:
-            assert c.predicted_ms >= zero.predicted_ms
+        if c.drop_bound <= 50.0:
+            assert c.predicted_ms >= loose.predicted_ms
     with pytest.raises(ValueError, match="max-accuracy-drop"):
         search.fastest_within(-1)
+
+
+def test_drop_bound_is_a_paired_upper_bound():
+    """drop = mean of per-image [unpruned right] - [pruned right]; bound = mean + 1.2816 x its standard error."""
+    from vitedge.quality import Quality
+
+    vit, _ = make_config("plain", depth=3)
+    ev = QualityEvaluator(PrunableViT(vit), image_set(D=8))
+    ref, lab = ev.reference_top1, ev.labels
+    top1 = np.where(np.arange(8) < 4, lab, (lab + 1) % 5)  # right on the first 4 images only
+    q = Quality(agreement=float((top1 == ref).mean()), kl=0.0, accuracy=float((top1 == lab).mean()), kept=None, top1=top1)
+    d = (ref == lab).astype(float) - (top1 == lab)
+    assert ev.drop_points(q) == pytest.approx(100 * d.mean())
+    assert ev.drop_bound(q) == pytest.approx(100 * (d.mean() + 1.2816 * d.std(ddof=1) / np.sqrt(8)))
+    ev.labels = None  # unlabelled: the share of changed predictions
+    q = Quality(agreement=0.5, kl=0.0, accuracy=None, kept=None, top1=np.where(np.arange(8) < 4, ref, ref + 1))
+    assert ev.drop_points(q) == pytest.approx(50.0) and ev.drop_bound(q) > 50.0
 
 
 def test_knobs_are_checked():
@@ -202,7 +220,7 @@ def test_cli_max_accuracy_drop_alone_and_with_budget(cli):
     rep = json.loads((root / "d" / "report.json").read_text())
     est = rep["calibration_estimate"]
     assert rep["max_accuracy_drop"] == 2 and rep["budget_ms"] is None and rep["objective"] == "measured"
-    assert est["drop_points"] <= 2 and est["images"] == 48 and est["drop_measure"] == "accuracy (labelled)"
+    assert est["drop_bound_points"] <= 2 and est["drop_points"] <= est["drop_bound_points"] and est["images"] == 48 and est["drop_measure"] == "accuracy (labelled)"
     assert rep["accuracy"]["available"] and "calibration_to_eval_gap_points" in rep["accuracy"]
     assert "accuracy drop <= 2 points" in r.stdout and "estimate" in r.stdout
     # both flags, impossible together: one line naming both numbers, exit 2, no output folder
@@ -214,7 +232,7 @@ def test_cli_max_accuracy_drop_alone_and_with_budget(cli):
     r = run("search", "--max-accuracy-drop", "2", "-o", str(root / "s.json"))
     assert r.exit_code == 0, r.output
     s = json.loads((root / "s.json").read_text())
-    assert s["meta"]["objective"] == "measured" and s["meta"]["calibration_quality"]["drop_points"] <= 2
+    assert s["meta"]["objective"] == "measured" and s["meta"]["calibration_quality"]["drop_bound_points"] <= 2
 
 
 def test_cli_objectives_and_large_drop_warning(cli):
