@@ -12,6 +12,7 @@ from .calibration import Calibration, CalibrationError, calibrate
 from .data.digits import ImageSet, digits_split
 from .data.images import image_set_hash, load_image_folder, resolve_images
 from .devices import Device, MeasureConfig, get_device
+from .models.adapter import PrunableViT
 from .models.loading import load_prunable, model_hash
 from .models.reference import REFERENCE_NAME
 from .profiling import model_shape, profile
@@ -133,21 +134,29 @@ THRESHOLD_TFLITE = ("threshold mode has a dynamic token count (NonZero), which l
 class Context:
     """Lazily loads and caches what the commands share. Raises the loaders' typed errors."""
 
-    def __init__(self, opts: Options, log=print):
+    def __init__(self, opts: Options, log=print, *, model: PrunableViT | None = None, images: ImageSet | None = None,
+                 eval_images: ImageSet | None = None):
+        """``model``, ``images``, ``eval_images`` (the Python API, :mod:`vitedge.api`): a model the caller holds,
+        already made prunable, used instead of ``opts.model``; in-memory image sets used instead of ``opts.data``
+        and ``opts.eval_data``."""
         resolve_mode(opts)
         self.opts, self.log = opts, log
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            self.model = load_prunable(opts.model, checkpoint=opts.checkpoint, pretrained=opts.pretrained,
-                                       num_classes=opts.num_classes, img_size=opts.img_size, ema=opts.ema)
+            if model is not None:
+                self.model = model
+            else:
+                self.model = load_prunable(opts.model, checkpoint=opts.checkpoint, pretrained=opts.pretrained,
+                                           num_classes=opts.num_classes, img_size=opts.img_size, ema=opts.ema)
         for w in caught:
             if issubclass(w.category, UserWarning):
                 log(f"warning: {w.message}")
         self.model.package_token = opts.package_token
-        self.is_reference = opts.model in (None, REFERENCE_NAME)  # the digits architecture, any weights
+        self.is_reference = model is None and opts.model in (None, REFERENCE_NAME)  # the digits architecture, any weights
         self.model_hash = model_hash(self.model.vit)
         self.shape = model_shape(self.model)
-        self._images: ImageSet | None = None
+        self._images: ImageSet | None = images
+        self._given_images, self._eval_images = images, eval_images
         self._device: Device | None = None
         self._table_device: Device | None = None
         self.searches: dict = {}  # measured searches by calibration, table and knobs (reused across budgets)
@@ -159,15 +168,18 @@ class Context:
         if self._images is None:
             self._images = resolve_images(self.opts.data, self.model.vit, input_size=self.model.input_size,
                                           split="calib", limit=self.opts.calib_limit,
-                                          reference=self.opts.model in (None, REFERENCE_NAME))
+                                          reference=self.is_reference)
         return self._images
 
     def eval_images(self) -> tuple[ImageSet | None, str]:
         """Labelled evaluation images and where they come from, or (None, reason)."""
+        if self._eval_images is not None:
+            ims = self._eval_images
+            return (ims, ims.name) if ims.labels is not None else (None, "the evaluation images have no labels")
         if self.opts.eval_data:
             ims = load_image_folder(self.opts.eval_data, self.model.vit)
             return (ims, ims.name) if ims.labels is not None else (None, "--eval-data has no class folders")
-        if self.opts.data is None and self.is_reference:
+        if self.opts.data is None and self._given_images is None and self.is_reference:
             return digits_split("test"), "digits:test"
         if self.images.labels is not None:
             return self.images, f"{self.images.name} (the calibration images: optimistic)"
