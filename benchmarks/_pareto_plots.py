@@ -8,6 +8,7 @@ from _pareto_report import LABELS
 
 STYLE = {"random": ("tab:gray", "x"), "topk": ("tab:orange", "s"), "rctp_flops": ("tab:purple", "^"),
          "vitedge_threshold": ("tab:blue", "o"), "vitedge_capacity": ("tab:cyan", "D"), "pomt": ("tab:green", "v"),
+         "fisher_threshold": ("tab:blue", "."), "fisher_capacity": ("tab:cyan", "."),
          "tome": ("tab:red", "P"), "topk_eager": ("tab:brown", "s"),
          "ablation_fisher_block": ("tab:blue", "o"), "ablation_fisher_raw": ("tab:olive", "^"),
          "ablation_cls_attention": ("tab:pink", "s")}

@@ -225,7 +225,7 @@ def plot(data: dict, path: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--budgets", nargs="+", type=int, default=[45, 55, 65, 75, 85, 95])
+    ap.add_argument("--budgets", nargs="+", type=int, default=None, help="%% of the unpruned latency (default 45 55 65 75 85 95)")
     ap.add_argument("--checkpoint", default=None, help="weights of the reference architecture (default: the shipped model)")
     ap.add_argument("--name", default=None, help="results suffix (accuracy_budget_NAME)")
     ap.add_argument("--threads", type=int, default=1)
@@ -241,8 +241,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.quick:
-        args.configs, args.budgets, args.k_step, args.topk_r, args.flops_points = ["ort-threshold"], [55, 85], 16, 3, 4
+        args.configs, args.k_step, args.topk_r, args.flops_points = ["ort-threshold"], 16, 3, 4
+        args.budgets = args.budgets or [55, 85]
         args.calib_limit = args.calib_limit or 64
+    args.budgets = args.budgets or [45, 55, 65, 75, 85, 95]
     torch.set_num_threads(max(1, args.threads))
     test = digits_split("test")
     data = {"name": args.name or "shipped", "threads": args.threads,

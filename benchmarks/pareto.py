@@ -17,8 +17,11 @@ Methods (ONNX Runtime; LiteRT runs the static-shape ones: unpruned, random, Top-
   (same selection cost), so its latency is that artifact's.
 - ``topk``: constant Top-K by CLS attention, RCTP's baseline, sort-free capacity gather.
 - ``rctp_flops``: RCTP as published, monotone Viterbi over analytic FLOPs (threshold mode), FLOPs fractions.
-- ``vitedge_threshold`` / ``vitedge_capacity``: monotone Viterbi over the measured latency table, ms budgets
-  (search + export + measure; no closed loop per point).
+- ``vitedge_threshold`` / ``vitedge_capacity``: vitedge's default search, the best quality measured on the
+  pruned model over the calibration images among candidates whose predicted latency fits the ms budget
+  (:class:`vitedge.search.measured.MeasuredSearch`; search + export + measure; no closed loop per point).
+- ``fisher_threshold`` / ``fisher_capacity``: ``--objective fisher``, RCTP's monotone Viterbi over the
+  Fisher-loss table with the measured latency table as cost (what vitedge shipped before).
 - ``pomt``: one pruning site (capacity, CLS attention): every (site l, K) predicted from the latency
   table, accuracy on the calibration split, POMT's utility 0.5 (1 - L/Lmax) + 0.5 (A/Amax); the
   operating points are the utility-optimal (l, K) within successive latency bands; ``pomt_pick``
@@ -29,7 +32,7 @@ Methods (ONNX Runtime; LiteRT runs the static-shape ones: unpruned, random, Top-
 After a first sweep, ``--refine`` more points are placed between the two points of each curve that
 straddle the accuracy target (unpruned - 1 point).
 
-Ablation (RCTP Fig. 4): importance = block-normalised FI (``fisher_block``, = vitedge_threshold),
+Ablation (RCTP Fig. 4): importance = block-normalised FI (``fisher_block``, = fisher_threshold),
 raw FI (``fisher_raw``), CLS attention (``cls_attention``), each through the same latency Viterbi
 (threshold mode). Larger models (``--large``): deit_tiny/deit_small/vit_small with random weights,
 latency only: what each schedule family measures at the same mean kept tokens, and their latency tables.
@@ -60,6 +63,8 @@ from _pareto_report import latency_at_kept, relative_summary, report, summarise,
 from vitedge.context import Context, MeasureConfig, Options
 from vitedge.data.digits import ImageSet, digits_split
 from vitedge.evaluate import evaluate_schedule, predict_unpruned
+from vitedge.quality import QualityEvaluator
+from vitedge.search.measured import MeasuredSearch
 from vitedge.search.planner import Planner
 
 NOT_STATIC = "threshold mode (NonZero, dynamic token count): litert-torch cannot convert it, delegates reject it"
@@ -67,6 +72,11 @@ LARGE_MODELS = ["deit_tiny_patch16_224", "deit_small_patch16_224", "vit_small_pa
 
 
 # ------------------------------------------------------------------------------------------ reference model
+def measured_params(search: MeasuredSearch, n: int) -> list[float]:
+    """``n`` ms budgets spread evenly from the smallest reachable to the unpruned prediction."""
+    return [float(b) for b in np.linspace(search.min_budget, search.full, n + 1)[:-1]]
+
+
 def quick_configs(args):
     if args.quick:
         return MeasureConfig(warmup=2, min_runs=5, min_time_s=0.0), MeasureConfig(warmup=2, min_runs=8, min_time_s=0.02)
@@ -141,9 +151,13 @@ def run_reference(args, work: Path) -> dict:
             fl = Planner(cal, "flops", min_patch_tokens=model.min_patch_tokens)
             bench.sweep("rctp_flops", viterbi_maker("rctp_flops", fl), viterbi_params(fl, args.points), target, args.refine, table)
             lt = Planner(cal, "latency", table, mode="threshold", min_patch_tokens=model.min_patch_tokens)
-            bench.sweep("vitedge_threshold", viterbi_maker("vitedge_threshold", lt), viterbi_params(lt, args.points), target, args.refine, table)
+            bench.sweep("fisher_threshold", viterbi_maker("fisher_threshold", lt), viterbi_params(lt, args.points), target, args.refine, table)
+            mt = MeasuredSearch(lt, QualityEvaluator(model, ctx.images))
+            bench.sweep("vitedge_threshold", viterbi_maker("vitedge_threshold", mt), measured_params(mt, args.points), target, args.refine, table)
         lc = Planner(cal, "latency", table, mode="capacity", min_patch_tokens=model.min_patch_tokens)
-        bench.sweep("vitedge_capacity", viterbi_maker("vitedge_capacity", lc), viterbi_params(lc, args.points), target, args.refine, table)
+        bench.sweep("fisher_capacity", viterbi_maker("fisher_capacity", lc), viterbi_params(lc, args.points), target, args.refine, table)
+        mc = MeasuredSearch(lc, QualityEvaluator(model, rctx.images))
+        bench.sweep("vitedge_capacity", viterbi_maker("vitedge_capacity", mc), measured_params(mc, args.points), target, args.refine, table)
         grid = pomt.grid(table)
         edges, bands = pomt_params(grid, args.points)
         bench.sweep("pomt", pomt.maker(grid, edges, L), bands, target, args.refine, table)
@@ -172,13 +186,14 @@ def run_reference(args, work: Path) -> dict:
                              "note": "accuracy on the calibration split (PyTorch), latency predicted by this runtime's table"},
                "artifacts": len(bench.artifacts), "seconds": round(time.time() - t_rt, 1)}
         if runtime == "onnxruntime":
-            res["ablation"] = {"fisher_block": rows.get("vitedge_threshold", []),
+            res["ablation"] = {"fisher_block": rows.get("fisher_threshold", []),
                                **{imp: rows.get(f"ablation_{imp}", []) for imp in abl}}
             res["ablation_summary"] = summarise({f"ablation_{k}": v for k, v in res["ablation"].items()}, unpruned,
                                                 vitedge=("ablation_fisher_block",), baselines=("ablation_fisher_raw", "ablation_cls_attention"))
             res["not_available"] = {}
         else:
-            res["not_available"] = {"rctp_flops": NOT_STATIC, "vitedge_threshold": NOT_STATIC, "tome": "argsort (not convertible without sort)"}
+            res["not_available"] = {"rctp_flops": NOT_STATIC, "vitedge_threshold": NOT_STATIC, "fisher_threshold": NOT_STATIC,
+                                    "tome": "argsort (not convertible without sort)"}
         res["summary"] = summarise(res["methods"], unpruned)
         out["runtimes"][runtime] = res
         log(f"{runtime}: done in {time.time() - t_rt:.0f} s")

@@ -40,6 +40,8 @@ CASES = {
     "pareto": (["--quick", "--points", "2", "--test-limit", "40", "--calib-limit", "24", "--tokens-step", "8",
                 "--pomt-k-step", "2", "--eager-threads", "1"],
                ["pareto.json", "pareto.md", "pareto.png", "pareto_ablation.png", "pareto_table_onnxruntime.png"]),
+    "accuracy_budget": (["--quick", "--budgets", "70", "--calib-limit", "32"],
+                        ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
 }
 
 
@@ -65,7 +67,7 @@ def check_output(path: Path) -> None:
 
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
-SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route"}
+SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget"}
 # Scripts that measure in LiteRT: they need the tflite extra (skipped without it).
 NEEDS_TFLITE = {"selector_variants", "modes"}
 
@@ -92,10 +94,19 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
     results = [json.loads((out / n).read_text()) for n in expected if n.endswith(".json") and n != "training.json"]
     for r in results:
         assert "environment" in r, "every result JSON records its environment"
+    if script == "accuracy_budget":
+        c = results[0]["configs"][0]
+        assert c["config"] == "ort-threshold" and [r["fraction"] for r in c["at_budget"]] == [70]
+        row = c["at_budget"][0]
+        assert {"vitedge", "fisher", "pomt", "topk", "flops_viterbi"} <= set(row)
+        assert row["vitedge"] is None or 0 <= row["vitedge"]["test_accuracy"] <= 1
+        assert {r["family"] for r in c["baselines"]} == {"pomt", "topk", "flops_viterbi"}
+        assert "max_drop_run" in c and "| budget |" in (out / "accuracy_budget.md").read_text()
     if script == "pareto":
         r = results[0]
         ort = r["reference"]["runtimes"]["onnxruntime"]
-        assert {"topk", "random", "rctp_flops", "vitedge_threshold", "vitedge_capacity", "pomt"} <= set(ort["methods"])
+        assert {"topk", "random", "rctp_flops", "vitedge_threshold", "vitedge_capacity", "fisher_threshold", "fisher_capacity",
+                "pomt"} <= set(ort["methods"])
         assert set(ort["ablation"]) == {"fisher_block", "fisher_raw", "cls_attention"}
         assert r["reference"]["torch_eager"]["methods"]["tome"]
         for pts in ort["methods"].values():

@@ -219,12 +219,17 @@ class ClosedLoop:
         target, best, bias = budget, None, 1.0   # bias: measured / predicted, learned each round
         for r in range(self.max_rounds):
             goal = AIM * budget / bias            # what the table should predict for AIM x budget measured
+            tried = []
             for _ in range(3):
                 schedule, target = self._solve(target)
                 realised, kept = self._realised(schedule)
+                tried.append((realised, schedule, kept, target))
                 if abs(realised - goal) <= 0.03 * goal or schedule.keeps_everything:
                     break
                 target *= self._step(goal, realised)
+            # re-aiming may overshoot where schedules are sparse: export the slowest tried one that fits the goal
+            fit = [t for t in tried if t[0] <= 1.03 * goal]
+            realised, schedule, kept, target = max(fit, key=lambda t: t[0]) if fit else min(tried, key=lambda t: t[0])
             path = self.workdir / f"round{r}{self.artifact.suffix}"
             schedule.apply(self.ctx.model)
             self.artifact.export(self.ctx.model, path)

@@ -180,21 +180,20 @@ class QualityEvaluator:
             present = tokens.shape[1] - p if valid is None else int(valid[0, p:].sum())
             if value >= present:
                 value = None  # K >= tokens present: compiled out (identity), as deployed
-        if value is None and valid is None:
-            out = Block.forward(blk, tokens)
+        bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
+        if value is None:  # no selector: timm's own block (fused attention), padding masked as keys
+            out = Block.forward(blk, tokens, attn_mask=bias)
         else:
-            bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
             out, scores = blk.attention_part(tokens, key_bias=bias)
-            if value is not None:
-                live = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid[:, p:]
-                if mode == "threshold":
-                    theta = torch.full((scores.shape[0], 1), float(value), dtype=scores.dtype)
-                    if blk.min_keep and scores.shape[1]:  # heads that pool patch tokens keep the best one
-                        theta = torch.minimum(theta, scores.masked_fill(~live, float("-inf")).amax(-1, keepdim=True))
-                    keep = live & (scores >= theta)
-                else:  # the K best live tokens (dead ones score -1, below any attention probability)
-                    keep = rank_by_counting(scores.masked_fill(~live, -1.0)) < value
-                out, valid = _compact(out, torch.cat([torch.ones(keep.shape[0], p, dtype=torch.bool), keep], 1))
+            live = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid[:, p:]
+            if mode == "threshold":
+                theta = torch.full((scores.shape[0], 1), float(value), dtype=scores.dtype)
+                if blk.min_keep and scores.shape[1]:  # heads that pool patch tokens keep the best one
+                    theta = torch.minimum(theta, scores.masked_fill(~live, float("-inf")).amax(-1, keepdim=True))
+                keep = live & (scores >= theta)
+            else:  # the K best live tokens (dead ones score -1, below any attention probability)
+                keep = rank_by_counting(scores.masked_fill(~live, -1.0)) < value
+            out, valid = _compact(out, torch.cat([torch.ones(keep.shape[0], p, dtype=torch.bool), keep], 1))
             out = blk.mlp_part(out)
         n = np.full(out.shape[0], out.shape[1] - p, np.int64) if valid is None else valid[:, p:].sum(1).numpy()
         return out, valid, np.concatenate([kept, n[None]], axis=0)
