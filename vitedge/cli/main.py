@@ -128,7 +128,8 @@ def search_options(fn):
                           "fisher: RCTP's Fisher-loss Viterbi (eq. 7-8)."),
         click.option("--max-accuracy-drop", type=float, default=None,
                      help="points on the calibration images (accuracy when labelled, else agreement with the unpruned "
-                          "top-1): alone, the fastest schedule within it; with --budget-ms, both must hold."),
+                          "top-1), held with 90 % confidence: alone, the fastest schedule within it; with --budget-ms, "
+                          "the most accurate within the budget, which must keep it."),
         click.option("--search-grid", type=click.IntRange(min=1), default=None,
                      help="candidates per block the measured search evaluates (default 24; cost ~ depth x grid evaluations)."),
         click.option("--search-refine", type=click.IntRange(min=0), default=None,
