@@ -1,8 +1,8 @@
 """Devices (transport x runtime x settings) and the torch-free on-device runner."""
-from .base import Device, DeviceError, LocalDevice, available_devices, get_device, register_device
-from .runner import MeasureConfig, PlanError, RuntimeMissingError
-from .transports import (AuthError, ConnectionLostError, HostKeyError, NoDeviceError, TransportError, UnreachableError,
-                         available_transports, register_transport)
+from vitedge.devices.base import Device, DeviceError, LocalDevice, available_devices, get_device, register_device
+from vitedge.devices.runner import MeasureConfig, PlanError, RuntimeMissingError
+from vitedge.devices.transports import (AuthError, ConnectionLostError, HostKeyError, NoDeviceError, TransportError,
+                                        UnreachableError, available_transports, register_transport)
 
 __all__ = ["Device", "DeviceError", "LocalDevice", "MeasureConfig", "PlanError", "RuntimeMissingError",
            "available_devices", "get_device", "register_device", "TransportError", "HostKeyError", "AuthError",

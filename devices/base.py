@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Callable
 
-from . import runner
-from .runner import MeasureConfig, PlanError, RuntimeMissingError
+from vitedge.devices import runner
+from vitedge.devices.runner import MeasureConfig, PlanError, RuntimeMissingError
 
 
 def file_sha256(path) -> str:
@@ -137,7 +137,7 @@ def get_device(name: str = "local", *, runtime: str | None = None, threads: int 
         DeviceError: unknown device or runtime, bad settings, unreachable device.
         RuntimeMissingError: the runtime is not installed (checked here, before any work).
     """
-    from .remote import resolve_device  # presets and URLs (that module imports this one)
+    from vitedge.devices.remote import resolve_device  # presets and URLs (that module imports this one)
 
     config = config or MeasureConfig()
     dev = resolve_device(name, runtime=runtime, threads=threads, config=config, settings=settings)

@@ -41,8 +41,8 @@ import tomllib
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .base import DeviceError
-from .runner import LITERT_INTERPRETERS
+from vitedge.devices.base import DeviceError
+from vitedge.devices.runner import LITERT_INTERPRETERS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 USER_FILE = Path("~/.config/vitedge/devices.toml")

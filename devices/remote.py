@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runner
-from .base import _DEVICES, Device, DeviceError, file_sha256
-from .presets import SCHEMA, from_url, load_presets, split_host
-from .runner import RuntimeMissingError
-from .transports import ConnectionLostError, Transport, check_remote_path, make_transport
+from vitedge.devices import runner
+from vitedge.devices.base import _DEVICES, Device, DeviceError, file_sha256
+from vitedge.devices.presets import SCHEMA, from_url, load_presets, split_host
+from vitedge.devices.runner import RuntimeMissingError
+from vitedge.devices.transports import ConnectionLostError, Transport, check_remote_path, make_transport
 
 SELF_TIMED = ("benchmark_model", "command")
 # runtime -> (modules tried in order, pip package that provides the first)

@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .base import DeviceError
+from vitedge.devices.base import DeviceError
 
 
 class TransportError(DeviceError):

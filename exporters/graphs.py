@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.adapter import PrunableViT
-from .onnx import export_onnx
+from vitedge.exporters.onnx import export_onnx
+from vitedge.models.adapter import PrunableViT
 
 PARTS = ("attention", "selector", "capacity_selector", "mlp")
 FIXED_PARTS = ("embed", "head", "run_overhead")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..devices.base import file_sha256  # noqa: F401  (re-exported: vitedge.pipeline)
+from vitedge.devices.base import file_sha256  # noqa: F401  (re-exported: vitedge.pipeline)
 
 DEFAULT_OPSET = 18
 # ONNX has no Sort/ArgSort op; the names guard against custom domains and future opsets.

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .onnx import ExportError
-from .tflite import TFLiteUnavailableError, audit_tflite
-from .validation import ParityError
+from vitedge.exporters.onnx import ExportError
+from vitedge.exporters.tflite import TFLiteUnavailableError, audit_tflite
+from vitedge.exporters.validation import ParityError
 
 ENV_VAR = "VITEDGE_ONNX2TF"
 ONNX2TF_OPSET = 20  # opset 20 maps GELU to TFLite's GELU builtin; at 17/18 exact GELU becomes FlexErf
@@ -218,7 +218,7 @@ def check_parity_onnx(tflite_path, onnx_path, feeds: list[dict], *, atol: float 
     """
     import onnxruntime as ort
 
-    from .tflite import _require
+    from vitedge.exporters.tflite import _require
 
     _require("ai_edge_litert")
     from ai_edge_litert.interpreter import Interpreter

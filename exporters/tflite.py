@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx import ExportError, OpAuditError
+from vitedge.exporters.onnx import ExportError, OpAuditError
 
 FORBIDDEN_TFLITE = frozenset({"TOPK_V2", "ARG_MAX", "ARG_MIN", "NON_MAX_SUPPRESSION_V4", "NON_MAX_SUPPRESSION_V5",
                               "UNIQUE", "SCATTER_ND", "STABLEHLO_SCATTER", "STABLEHLO_SORT", "CUSTOM", "DELEGATE"})
@@ -224,7 +224,7 @@ def check_parity_tflite(model, path, images, *, atol: float = 1e-4, limit: int =
     Raises:
         ParityError: logits off by more than ``atol``, different kept tokens or top-1.
     """
-    from .validation import ParityError, _boundary_flip
+    from vitedge.exporters.validation import ParityError, _boundary_flip
 
     if runtime == "tflite-runtime":
         from tflite_runtime.interpreter import Interpreter
@@ -272,7 +272,7 @@ def export_parts_tflite(model, folder, tokens: list[int]) -> dict:
         {(part, n): path} (several n map to the same multi-signature file; the runner picks the
         signature whose input shapes match) and {(fixed part, None): path}.
     """
-    from .graphs import FIXED_PARTS, min_tokens, part_inputs, part_module
+    from vitedge.exporters.graphs import FIXED_PARTS, min_tokens, part_inputs, part_module
 
     folder = Path(folder)
     out = {}

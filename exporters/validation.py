@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..data.digits import ImageSet
-from ..models.adapter import PrunableViT
-from .onnx import ExportError
+from vitedge.data.digits import ImageSet
+from vitedge.exporters.onnx import ExportError
+from vitedge.models.adapter import PrunableViT
 
 DEFAULT_ATOL = 1e-4  # float32 logits; measured differences are ~1e-6
 
