@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import RESULTS, environment, md_table, save_plot, write_results
-from vitedge.bench import BenchSettings, Gate
+from vitedge.gate import BenchSettings, Gate
 
 CLI = [sys.executable, "-m", "vitedge.cli.main"]
 

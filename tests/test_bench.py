@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import require_tflite_extra
-from vitedge import bench as B
+from vitedge import gate as G
+from vitedge.devices.base import file_sha256
 from vitedge.cli.main import main
 
 QUICK = ["--threads", "1", "--warmup", "1", "--runs", "3", "--min-time", "0", "--rounds", "6", "--images", "4", "--quiet"]
@@ -89,7 +90,7 @@ def fake(monkeypatch):
         def factory(name, *, runtime=None, threads=0, config=None, **settings):
             assert config.min_runs >= 1
             return FakeDevice(name, runtime or "onnxruntime", threads, sampler)
-        monkeypatch.setattr("vitedge.bench.get_device", factory)
+        monkeypatch.setattr("vitedge.gate.core.get_device", factory)
     return install
 
 
@@ -102,7 +103,7 @@ def test_bootstrap_ci_of_paired_ratios_covers_true_ratio():
         drift = np.linspace(1.0, 1.4, 30)  # the machine slows down 40 % during the run: cancels in the ratios
         base = drift * rng.lognormal(0, 0.03, 30)
         new = 1.07 * drift * rng.lognormal(0, 0.03, 30)
-        est, lo, hi = B.bootstrap_median(new / base, confidence=0.95, n_boot=2000, seed=0)
+        est, lo, hi = G.bootstrap_median(new / base, confidence=0.95, n_boot=2000, seed=0)
         covered += lo <= 1.07 <= hi
         widths.append(hi - lo)
         assert lo <= est <= hi
@@ -116,24 +117,24 @@ def test_cluster_bootstrap_ratio_of_medians_covers_true_ratio():
         rng = np.random.default_rng(seed)
         base = [rng.lognormal(0, 0.05, 25) * rng.lognormal(0, 0.02) for _ in range(10)]
         new = [1.2 * rng.lognormal(0, 0.05, 25) * rng.lognormal(0, 0.02) for _ in range(10)]
-        est, lo, hi = B.bootstrap_ratio_of_medians(new, base, n_boot=1000, seed=0)
+        est, lo, hi = G.bootstrap_ratio_of_medians(new, base, n_boot=1000, seed=0)
         covered += lo <= 1.2 <= hi
     assert covered >= 52
 
 
 def test_bootstrap_quantile_and_summary():
     rounds = [list(np.arange(1.0, 11.0)) for _ in range(5)]
-    est, lo, hi = B.bootstrap_quantile(rounds, 0.9, n_boot=500)
+    est, lo, hi = G.bootstrap_quantile(rounds, 0.9, n_boot=500)
     assert est == pytest.approx(np.percentile(np.arange(1.0, 11.0), 90)) and lo <= est <= hi
-    s = B.summary(rounds)
+    s = G.summary(rounds)
     assert s["median_ms"] == 5.5 and s["runs"] == 50 and s["rounds"] == 5 and s["round_medians_ms"] == [5.5] * 5
-    assert s["cv"] == pytest.approx(B.robust_cv(np.tile(np.arange(1.0, 11.0), 5)))
-    assert B.robust_cv([2.0, 2.0, 2.0]) == 0.0
+    assert s["cv"] == pytest.approx(G.robust_cv(np.tile(np.arange(1.0, 11.0), 5)))
+    assert G.robust_cv([2.0, 2.0, 2.0]) == 0.0
 
 
 def test_pair_ratios_use_the_chosen_statistic():
     new, base = [[2.0, 4.0, 100.0]], [[1.0, 2.0, 3.0]]
-    assert B.pair_ratios(new, base, 0.5)[0] == 2.0 and B.pair_ratios(new, base, 0.0)[0] == 2.0
+    assert G.pair_ratios(new, base, 0.5)[0] == 2.0 and G.pair_ratios(new, base, 0.0)[0] == 2.0
 
 
 @pytest.mark.parametrize("lo, hi, status", [(1.10, 1.20, "fail"),       # clear regression: CI above 1.05
@@ -141,41 +142,41 @@ def test_pair_ratios_use_the_chosen_statistic():
                                             (1.01, 1.08, "inconclusive"),  # contains the threshold
                                             (1.05, 1.05, "pass")])      # upper bound == threshold passes
 def test_decision_rule_regression(lo, hi, status):
-    assert B.decide(lo, hi, 1.05) == status
+    assert G.decide(lo, hi, 1.05) == status
 
 
 @pytest.mark.parametrize("lo, hi, status", [(0.6, 0.7, "pass"), (1.0, 1.1, "fail"), (0.95, 1.02, "inconclusive")])
 def test_decision_rule_speedup(lo, hi, status):
-    assert B.decide(lo, hi, 1.0, expect_faster=True) == status
+    assert G.decide(lo, hi, 1.0, expect_faster=True) == status
 
 
 @pytest.mark.parametrize("text, value", [("5%", 0.05), ("0.05", 0.05), (" 2.5 % ".strip(), 0.025), ("0", 0.0)])
 def test_parse_fraction(text, value):
-    assert B.parse_fraction(text) == pytest.approx(value)
+    assert G.parse_fraction(text) == pytest.approx(value)
 
 
 @pytest.mark.parametrize("text, fragment", [("5", "ambiguous"), ("abc", "percentage"), ("-1%", "[0 %"), ("100%", "[0 %")])
 def test_parse_fraction_rejects(text, fragment):
-    with pytest.raises(B.BenchError, match=fragment.replace("[", r"\[")):
-        B.parse_fraction(text)
+    with pytest.raises(G.BenchError, match=fragment.replace("[", r"\[")):
+        G.parse_fraction(text)
 
 
 # ------------------------------------------------------------------------------------------ inputs
 def test_input_spec_and_feeds(models, tmp_path):
     from PIL import Image
 
-    spec = B.read_input_spec(models["small"])
+    spec = G.read_input_spec(models["small"])
     assert spec == {"name": "image", "shape": [1, 3, 16, 16], "dtype": "float32", "layout": "NCHW"}
-    f = B.load_feeds(spec, B.BenchSettings(images=5))
+    f = G.load_feeds(spec, G.BenchSettings(images=5))
     assert len(f.feeds) == 5 and f.feeds[0]["image"].shape == (1, 3, 16, 16) and f.source == "digits:calib@16x16"
     for i in range(3):
         Image.new("RGB", (10 + i, 12), (255, 0, 0)).save(tmp_path / f"{i}.png")
-    f = B.load_feeds(spec, B.BenchSettings(data=str(tmp_path)))
+    f = G.load_feeds(spec, G.BenchSettings(data=str(tmp_path)))
     x = f.feeds[0]["image"]
     assert len(f.feeds) == 3 and x.shape == (1, 3, 16, 16) and x.dtype == np.float32
     assert np.allclose(x[0, 0], 1.0) and np.allclose(x[0, 1], -1.0)  # (1 - 0.5) / 0.5, (0 - 0.5) / 0.5
-    assert B.runtime_for("m.tflite", None) == "litert" and B.runtime_for("m.onnx", None) == "onnxruntime"
-    assert B.runtime_for("m.bin", "command") == "command"
+    assert G.runtime_for("m.tflite", None) == "litert" and G.runtime_for("m.onnx", None) == "onnxruntime"
+    assert G.runtime_for("m.bin", "command") == "command"
 
 
 # ------------------------------------------------------------------------------------------ CLI, real measurements
@@ -200,7 +201,7 @@ def test_baseline_round_trip_and_regression(models, tmp_path):
     assert r.exit_code == 0, r.output
     b = json.loads(base.read_text())
     assert b["format"] == "vitedge-bench-baseline" and b["version"] == 1
-    assert b["model"]["sha256"] == B.file_sha256(models["fast"]) and b["model"]["input"]["shape"] == [1, 3, 32, 32]
+    assert b["model"]["sha256"] == file_sha256(models["fast"]) and b["model"]["input"]["shape"] == [1, 3, 32, 32]
     assert b["device"]["name"] == "local" and b["device"]["threads"] == 1 and b["device"]["runtime_version"]
     assert len(b["samples_ms"]) == 6 and b["environment"]["python"]
     r = invoke(models["copy"], *QUICK, *NOSTAB, "--baseline", base, "--max-regression", "90%")
@@ -380,7 +381,7 @@ def test_missing_runtime_is_bad_input(models, monkeypatch):
 
     def factory(*a, **k):
         raise RuntimeMissingError("onnxruntime is not installed: run `python -m pip install onnxruntime`")
-    monkeypatch.setattr("vitedge.bench.get_device", factory)
+    monkeypatch.setattr("vitedge.gate.core.get_device", factory)
     assert_one_line_error(invoke(models["fast"], *QUICK), "not installed", "pip install")
 
 

@@ -1,4 +1,4 @@
-"""``vitedge bench``: the latency gate for CI (thin: flags -> :mod:`vitedge.bench`).
+"""``vitedge bench``: the latency gate for CI (thin: flags -> :mod:`vitedge.gate`).
 
 Exit codes: 0 pass, 1 regression / over budget / speed-up not reached, 2 usage or bad input,
 3 unstable measurement or inconclusive comparison. Errors are one line on stderr.
@@ -88,8 +88,8 @@ def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic,
 
     Exit codes: 0 pass, 1 regression or over budget, 2 usage or bad input, 3 unstable or inconclusive.
     """
-    from ..bench import (BenchError, BenchSettings, Gate, check_output_paths, format_text, make_baseline,
-                         parse_fraction, result_json, write_json, write_junit)
+    from ..gate import (BenchError, BenchSettings, Gate, check_output_paths, format_text, make_baseline,
+                        parse_fraction, result_json, write_json, write_junit)
 
     try:
         explicit = ctx.get_parameter_source("max_regression") == click.core.ParameterSource.COMMANDLINE

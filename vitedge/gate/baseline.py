@@ -1,7 +1,7 @@
 """Baselines of the latency gate: the file format, atomic writes, reading and checking that a
 baseline was measured with the same settings.
 
-Part of :mod:`vitedge.bench` (every name here is importable from there).
+Part of :mod:`vitedge.gate` (the public names are importable from there).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench_inputs import ImageFeeds
-from .bench_settings import BenchError
+from .inputs import ImageFeeds
+from .settings import BenchError
 
 BASELINE_FORMAT = "vitedge-bench-baseline"
 BASELINE_VERSION = 1

@@ -1,4 +1,4 @@
-"""Latency gate: measure an exported model on a device, compare it, decide (``vitedge bench``).
+"""The latency gate's measurement and decision: :class:`Gate` (``vitedge bench``).
 
 No click and no torch here (the CLI in :mod:`vitedge.cli.bench` is a thin wrapper); the device side
 is :mod:`vitedge.devices`, so every registered device (local, remote) works through
@@ -38,10 +38,10 @@ Exit codes: 0 pass, 1 a check failed (regression, budget, speed-up not reached),
 input, 3 unstable measurement or inconclusive comparison (re-run, pin cores, more rounds).
 Precedence: unstable (3) > fail (1) > inconclusive (3) > pass (0).
 
-The implementation is split by concern; every name is importable from here:
-:mod:`vitedge.bench_stats` (statistics), :mod:`vitedge.bench_settings` (settings, errors),
-:mod:`vitedge.bench_inputs` (models and images), :mod:`vitedge.bench_baseline` (baseline files),
-:mod:`vitedge.bench_report` (text, JSON, JUnit); the measurement (:class:`Gate`) is here.
+The package :mod:`vitedge.gate` is split by concern (its ``__init__`` exports the public names):
+:mod:`~vitedge.gate.stats` (statistics), :mod:`~vitedge.gate.settings` (settings, errors),
+:mod:`~vitedge.gate.inputs` (models and images), :mod:`~vitedge.gate.baseline` (baseline files),
+:mod:`~vitedge.gate.report` (text, JSON, JUnit); the measurement (:class:`Gate`) is here.
 """
 from __future__ import annotations
 
@@ -53,16 +53,15 @@ from typing import Callable
 
 import numpy as np
 
-from .bench_baseline import (BASELINE_FORMAT, BASELINE_VERSION, check_baseline, load_baseline,  # noqa: F401
-                             make_baseline, write_json)
-from .bench_inputs import (RUNTIME_BY_SUFFIX, RUNTIMES_FOR_SUFFIX, ImageFeeds, file_sha256, load_feeds,  # noqa: F401
-                           read_input_spec, runtime_for)
-from .bench_report import check_output_paths, format_text, junit_xml, result_json, write_junit  # noqa: F401
-from .bench_settings import BenchError, BenchSettings, parse_fraction  # noqa: F401
-from .bench_stats import (MAD_TO_SIGMA, STATISTICS, bootstrap_median, bootstrap_quantile,  # noqa: F401
-                          bootstrap_ratio_of_medians, decide, pair_ratios, robust_cv, summary)
-from .devices import Device, DeviceError, MeasureConfig, PlanError, RuntimeMissingError, get_device  # noqa: F401
-from .devices.runner import detect_drift
+from vitedge.devices import Device, DeviceError, PlanError, RuntimeMissingError, get_device
+from vitedge.devices.base import file_sha256
+from vitedge.devices.runner import detect_drift
+
+from .baseline import check_baseline, load_baseline
+from .inputs import RUNTIMES_FOR_SUFFIX, load_feeds, read_input_spec, runtime_for
+from .settings import BenchError, BenchSettings
+from .stats import (STATISTICS, bootstrap_median, bootstrap_quantile, bootstrap_ratio_of_medians, decide, pair_ratios,
+                    robust_cv, summary)
 
 RESULT_FORMAT = "vitedge-bench-result"
 RESULT_VERSION = 1
@@ -382,7 +381,7 @@ class Gate:
     def environment(self) -> dict:
         if self.new.environment:
             return self.new.environment
-        from .devices.runner import environment
+        from vitedge.devices.runner import environment
 
         return environment(self.device.runtime, self.device.threads, self.runtime_version)
 
@@ -390,8 +389,3 @@ class Gate:
     def _side(m: _Model) -> dict:
         return {"model": m.describe(), "stats": summary(m.rounds), "samples_ms": m.rounds}
 
-
-__all__ = ["BenchError", "BenchSettings", "Gate", "STATISTICS", "bootstrap_median", "pair_ratios", "bootstrap_quantile",
-           "bootstrap_ratio_of_medians", "check_baseline", "decide", "format_text", "junit_xml", "load_baseline",
-           "load_feeds", "make_baseline", "parse_fraction", "read_input_spec", "robust_cv", "summary",
-           "write_json", "write_junit", "EXIT_PASS", "EXIT_FAIL", "EXIT_USAGE", "EXIT_UNSTABLE"]

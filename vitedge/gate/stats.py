@@ -1,6 +1,6 @@
 """Statistics of the latency gate (pure numpy): robust CV, summaries, bootstrap CIs, the decision rule.
 
-Part of :mod:`vitedge.bench` (every name here is importable from there).
+Part of :mod:`vitedge.gate` (the public names are importable from there).
 """
 from __future__ import annotations
 

@@ -1,15 +1,16 @@
 """What the latency gate measures and how it decides: :class:`BenchSettings`, :class:`BenchError`,
 :func:`parse_fraction`.
 
-Part of :mod:`vitedge.bench` (every name here is importable from there).
+Part of :mod:`vitedge.gate` (the public names are importable from there).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-from .bench_stats import STATISTICS
-from .devices import MeasureConfig
+from vitedge.devices import MeasureConfig
+
+from .stats import STATISTICS
 
 
 class BenchError(ValueError):

@@ -1,6 +1,6 @@
 """Reports of the latency gate: text, JSON and JUnit XML.
 
-Part of :mod:`vitedge.bench` (every name here is importable from there).
+Part of :mod:`vitedge.gate` (the public names are importable from there).
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from .bench_baseline import _atomic_write
-from .bench_settings import BenchError
+from .baseline import _atomic_write
+from .settings import BenchError
 
 
 def format_text(r: dict) -> str:

@@ -1,7 +1,7 @@
 """Models and inputs of the latency gate: the image input of an .onnx / .tflite file, the runtime
 for a file, the images fed to it.
 
-Part of :mod:`vitedge.bench` (every name here is importable from there).
+Part of :mod:`vitedge.gate` (the public names are importable from there).
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_settings import BenchError, BenchSettings
-from .devices.base import file_sha256  # noqa: F401  (re-exported by vitedge.bench)
+from .settings import BenchError, BenchSettings
 
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 # runtimes that can run a file of this kind (a device preset's default runtime is kept when it fits)
@@ -82,7 +81,7 @@ def _tflite_input(path: Path):
         except ImportError:
             raise BenchError("reading a .tflite model needs ai-edge-litert (or tflite-runtime) on this host: "
                              "run `pip install 'vitedge[tflite]'` (or `python -m pip install ai-edge-litert`)") from None
-    from .devices.runner import litert_signature_inputs
+    from vitedge.devices.runner import litert_signature_inputs
 
     try:  # the runner's listing: the feed is named as the device's runner matches it
         signatures = litert_signature_inputs(Interpreter(model_path=str(path)))
@@ -135,7 +134,7 @@ def load_feeds(spec: dict, settings: BenchSettings) -> ImageFeeds:
     """
     n, (c, h, w) = settings.images, _chw(spec)
     if settings.data is None:
-        from .data.digits import digits_split
+        from vitedge.data.digits import digits_split
 
         base = digits_split("calib").images[:n]                     # (D, 3, 32, 32), (x - 0.5) / 0.5
         x = np.stack([_resize_chw(im, (h, w)) for im in base])
@@ -166,7 +165,7 @@ def _chw(spec: dict) -> tuple[int, int, int]:
 def _read_folder(root: Path, chw, limit: int, mean, std):
     from PIL import Image
 
-    from .data.images import IMAGE_SUFFIXES
+    from vitedge.data.images import IMAGE_SUFFIXES
 
     if not root.is_dir():
         raise BenchError(f"image folder {root} does not exist: pass a folder of images to --data")
