@@ -371,3 +371,31 @@ def test_forward_with_capacities(tiny_distilled, images):
 def test_set_capacities_accepts_numpy_int(tiny_prunable):
     tiny_prunable.set_capacities([np.int64(3), None])
     assert tiny_prunable.capacities == [3, None]
+
+
+def test_pruning_context_restores_thresholds_capacities_and_package_token(tiny_prunable, images):
+    pm = tiny_prunable
+    pm.set_capacities([5, 3])
+    pm.package_token = True
+    with pm.pruning(thresholds=[0.01, None]):
+        assert pm.thresholds == [0.01, None] and pm.capacities == [None, None]
+    assert pm.capacities == [5, 3] and pm.thresholds == [None, None] and pm.package_token is True
+    with pytest.raises(RuntimeError, match="boom"):
+        with pm.pruning(package_token=False):             # no values: nothing pruned
+            assert pm.capacities == [None, None] and pm.package_token is False
+            raise RuntimeError("boom")
+    assert pm.capacities == [5, 3] and pm.package_token is True  # restored on error too
+    with pytest.raises(ValueError):
+        with pm.pruning(capacities=[NUM_PATCHES + 1, None]):
+            pass
+    assert pm.capacities == [5, 3]                         # a rejected configuration changes nothing
+    pm.set_thresholds([0.5, 0.25])
+    pm.package_token = False
+
+    class _Schedule:  # anything with apply(model), as vitedge.schedule.Schedule
+        def apply(self, model):
+            model.set_capacities([4, 2])
+
+    with torch.no_grad(), pm.pruning(_Schedule()):
+        assert [int(k) for k in pm.forward_with_info(images).kept] == [4, 2]
+    assert pm.thresholds == [0.5, 0.25] and pm.capacities == [None, None]

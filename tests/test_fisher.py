@@ -146,3 +146,14 @@ def test_empty_image_set_raises(model):
     empty = ImageSet(images=np.zeros((0, 3, 32, 32), np.float32), labels=None, name="empty")
     with pytest.raises(ValueError, match="empty"):
         collect_stage1(model, empty, progress=False)
+
+
+def test_capacity_configuration_survives_calibration(model):
+    """Stage 1 runs the unpruned model and hands back the caller's capacities (and package token)."""
+    images = _image_set(2)
+    ref = collect_stage1(model, images, progress=False)
+    model.set_capacities([5, 3])
+    model.package_token = True
+    s1 = collect_stage1(model, images, batch_size=2, progress=False)
+    assert model.capacities == [5, 3] and model.thresholds == [None, None] and model.package_token is True
+    np.testing.assert_allclose(s1.fisher, ref.fisher, rtol=1e-5, atol=1e-12)

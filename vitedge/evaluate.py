@@ -54,27 +54,15 @@ def evaluate_pruned(model: PrunableViT, images: ImageSet, thresholds=None, *, ca
     Compounding across blocks is real here (tokens dropped early are gone later), unlike the
     calibration's per-block counts. The model's configuration is restored afterwards.
     """
-    saved = (model.thresholds, model.capacities)
-    if capacities is not None:
-        model.set_capacities(capacities)
-        batch = 64
-    else:
-        model.set_thresholds(thresholds if thresholds is not None else [None] * model.depth)
-        batch = 1
+    batch = 64 if capacities is not None else 1
     n = len(images) if limit is None else min(limit, len(images))
     top1 = np.zeros(n, np.int64)
     kept = np.zeros((model.depth, n), np.int64)
-    try:
-        with torch.no_grad():
-            for i in range(0, n, batch):
-                out = model.forward_with_info(torch.from_numpy(images.images[i:min(i + batch, n)]))
-                top1[i:i + batch] = out.logits.argmax(-1).numpy()
-                kept[:, i:i + batch] = np.array([int(k) for k in out.kept])[:, None]
-    finally:
-        if saved[1] != [None] * model.depth and any(k is not None for k in saved[1]):
-            model.set_capacities(saved[1])
-        else:
-            model.set_thresholds(saved[0])
+    with model.pruning(thresholds=thresholds, capacities=capacities), torch.no_grad():
+        for i in range(0, n, batch):
+            out = model.forward_with_info(torch.from_numpy(images.images[i:min(i + batch, n)]))
+            top1[i:i + batch] = out.logits.argmax(-1).numpy()
+            kept[:, i:i + batch] = np.array([int(k) for k in out.kept])[:, None]
     acc = None if images.labels is None else float((top1 == images.labels[:n]).mean())
     agree = None if reference_top1 is None else float((top1 == reference_top1[:n]).mean())
     return EvalResult(top1=top1, kept=kept, accuracy=acc, agreement=agree)

@@ -231,8 +231,8 @@ class ClosedLoop:
             fit = [t for t in tried if t[0] <= 1.03 * goal]
             realised, schedule, kept, target = max(fit, key=lambda t: t[0]) if fit else min(tried, key=lambda t: t[0])
             path = self.workdir / f"round{r}{self.artifact.suffix}"
-            schedule.apply(self.ctx.model)
-            self.artifact.export(self.ctx.model, path)
+            with self.ctx.model.pruning(schedule):
+                self.artifact.export(self.ctx.model, path)
             m = self.ctx.device.measure_model(path, self.ctx.feeds(), name=f"round{r}")
             med = m["median_ms"]
             self.rounds.append({"round": r, "search_budget_ms": target, "predicted_ms": schedule.predicted,
@@ -295,8 +295,8 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
     with tempfile.TemporaryDirectory(prefix=".vitedge-", dir=out.parent) as tmp:
         work = Path(tmp)
         unpruned_path = work / f"unpruned{artifact.suffix}"
-        model.set_thresholds([None] * model.depth)
-        artifact.export(model, unpruned_path, pruned=False)
+        with model.pruning():
+            artifact.export(model, unpruned_path, pruned=False)
         unpruned = ctx.device.measure_model(unpruned_path, ctx.feeds(), name="unpruned")
         log(f"unpruned: {unpruned['median_ms']:.3f} ms median on {ctx.device.name} ({ctx.device.runtime}, {ctx.device.threads} threads)")
         keep_all = budget_ms is not None and budget_ms >= unpruned["median_ms"]
@@ -309,9 +309,9 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
                                 capacities=[None] * model.depth, budget=float(budget_ms), unit="ms", cost_model="latency",
                                 predicted=unpruned["median_ms"], predicted_kept=[float(model.num_patches)] * model.depth,
                                 fisher_loss=0.0, meta={"package_token": model.package_token})
-            schedule.apply(model)
             path = work / f"keep_all{artifact.suffix}"
-            artifact.export(model, path)  # the pruned graph's interface (kept-token outputs), nothing pruned
+            with model.pruning(schedule):
+                artifact.export(model, path)  # the pruned graph's interface (kept-token outputs), nothing pruned
             measured = ctx.device.measure_model(path, ctx.feeds(), name="keep_all")
         else:
             cal = ctx.calibration(calibration_path)
@@ -321,9 +321,9 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
             if max_accuracy_drop is not None:
                 schedule = pick_for_accuracy(search, budget_ms, max_accuracy_drop)
                 if budget_ms is None:  # the fastest within the drop: export it and measure it once
-                    schedule.apply(model)
                     path = work / f"accuracy{artifact.suffix}"
-                    artifact.export(model, path)
+                    with model.pruning(schedule):
+                        artifact.export(model, path)
                     measured = ctx.device.measure_model(path, ctx.feeds(), name="accuracy")
                     rounds.append({"round": 0, "predicted_ms": schedule.predicted, "measured_ms": measured["median_ms"],
                                    "mean_kept": schedule.predicted_kept, "candidates": schedule.candidates})
@@ -334,9 +334,9 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
                     search.solve(budget_ms)  # raises BudgetUnreachableError naming the smallest reachable budget
                 schedule, path, measured = loop.run(budget_ms)
             rounds = rounds or loop.rounds
-        schedule.apply(model)
         audit = artifact.audit(path)
-        parity = artifact.parity(model, path, ctx.images)
+        with model.pruning(schedule):
+            parity = artifact.parity(model, path, ctx.images)
         calib_eval = evaluate_schedule(model, ctx.images, schedule)
         accuracy = _accuracy(ctx, schedule)
         estimate = calibration_estimate(evaluator, schedule)

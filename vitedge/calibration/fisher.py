@@ -63,10 +63,8 @@ def collect_stage1(model: PrunableViT, images: ImageSet, *, batch_size: int = 32
     fisher = np.zeros((L, D, P), np.float32)
     labels = np.zeros(D, np.int64)
     top1 = np.zeros(D, np.int64)
-    saved = model.thresholds
-    model.set_thresholds([None] * L)
     label_source = "data" if (use_labels and images.labels is not None) else "model"
-    try:
+    with model.pruning():  # the unpruned model; the caller's thresholds or capacities come back afterwards
         bar = tqdm(total=D, desc="calibrate (stage 1)", unit="img", disable=not progress, leave=False)
         for start in range(0, D, batch_size):
             x = torch.from_numpy(images.images[start:start + batch_size])
@@ -84,6 +82,4 @@ def collect_stage1(model: PrunableViT, images: ImageSet, *, batch_size: int = 32
             top1[start:start + B] = pred.numpy()
             bar.update(B)
         bar.close()
-    finally:
-        model.set_thresholds(saved)
     return Stage1(scores=scores, fisher=fisher, labels=labels, label_source=label_source, model_top1=top1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -238,6 +239,32 @@ class PrunableViT(nn.Module):
                 raise ValueError(f"capacity {k!r} outside {self.min_patch_tokens}..{self.num_patches} patch tokens")
         self.thresholds = [None] * self.depth
         self.capacities = out
+
+    @contextmanager
+    def pruning(self, schedule=None, *, thresholds=None, capacities=None, package_token: bool | None = None):
+        """Prune as configured inside a ``with`` block; restore the previous configuration on exit.
+
+        ``with model.pruning(schedule): ...`` applies a :class:`~vitedge.schedule.Schedule`;
+        ``pruning(thresholds=...)`` or ``pruning(capacities=...)`` sets θ_l or K_l per block; with none of
+        them nothing is pruned. ``package_token`` (None: unchanged) sets the SPViT package token. On exit,
+        also on error, the previous thresholds, capacities and package token are restored exactly.
+
+        Raises:
+            ValueError: as :meth:`set_thresholds` / :meth:`set_capacities` (the configuration is unchanged).
+        """
+        saved = (list(self.thresholds), list(self.capacities), self.package_token)
+        try:
+            if schedule is not None:
+                schedule.apply(self)
+            elif capacities is not None:
+                self.set_capacities(capacities)
+            else:
+                self.set_thresholds(thresholds if thresholds is not None else [None] * self.depth)
+            if package_token is not None:
+                self.package_token = bool(package_token)
+            yield self
+        finally:
+            self.thresholds, self.capacities, self.package_token = saved
 
     # -- forward ---------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
