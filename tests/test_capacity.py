@@ -316,6 +316,43 @@ def test_repeated_capacity_is_compiled_out(tmp_path):
     pm.set_capacities([5, 5, 5])
     assert audit_ops(export_pruned(pm, tmp_path / "pkg.onnx"))["Ceil"] == 3 * once["Ceil"]
 
+def test_k0_equal_to_p_is_one_rule_everywhere(tmp_path):
+    """K_0 = P (and a K above the tokens present) prunes nothing: the adapter, Schedule.selectors, the
+    planner's prediction and the quality evaluator all compile that selector out (one function)."""
+    from vitedge.evaluate import evaluate_pruned
+    from vitedge.quality import QualityEvaluator
+    from vitedge.schedule import capacity_selectors
+
+    assert capacity_selectors([P, 5, 5, 8, 3, None], P) == [False, True, False, False, True, False]
+    assert capacity_selectors([P, 5, 5, 8, None], P, package_token=True) == [True, True, True, True, False]
+    s = Schedule(mode="capacity", candidates=[1, 2, 2], thresholds=[None] * 3, capacities=[P, 5, 5], budget=1.0,
+                 unit="ms", cost_model="latency", predicted=1.0, predicted_kept=[P, 5, 5], fisher_loss=0.0,
+                 meta={"num_patches": P})
+    assert s.selectors == [False, True, False]
+    s.meta["package_token"] = True
+    assert s.selectors == [True, True, True]
+    pm = PrunableViT(make_tiny_vit(depth=3))
+    pm.set_capacities([5, 5, 5])
+    once = audit_ops(export_pruned(pm, tmp_path / "once.onnx"))
+    pm.set_capacities([P, 5, 5])
+    assert audit_ops(export_pruned(pm, tmp_path / "k0.onnx")) == once   # one selector, at block 1
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    images = ImageSet(images=x.numpy(), labels=None, name="random")
+    with torch.no_grad():
+        a = pm.forward_with_info(x)
+        pm.set_capacities([None, 5, None])
+        b = pm.forward_with_info(x)
+    assert [int(k) for k in a.kept] == [P, 5, 5]
+    torch.testing.assert_close(a.logits, b.logits, atol=0, rtol=0)
+    ev = QualityEvaluator(pm, images)
+    q, e = ev.evaluate("capacity", [P, 5, 5]), evaluate_pruned(pm, images, capacities=[P, 5, 5])
+    assert np.array_equal(q.kept, e.kept) and np.array_equal(q.top1, e.top1) and q.kept[:, 0].tolist() == [P, 5, 5]
+    pl = Planner(make_calibration(), "latency", make_capacity_table(measured=GRID), mode="capacity")
+    sched = pl.schedule([3, 3, 1], 1.0, 0.0)                            # K grows at block 2: nothing to prune there
+    assert sched.meta["num_patches"] == P and sched.selectors == [True, False, False]
+    assert sched.selectors == capacity_selectors(sched.capacities, P)
+
+
 # ------------------------------------------------------------------------------ capacity loss table
 
 def _brute_loss(scores, fisher, caps):

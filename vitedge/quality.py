@@ -27,6 +27,7 @@ from timm.models.vision_transformer import Block
 from .data.digits import ImageSet
 from .models.adapter import PrunableViT
 from .models.pruning import rank_by_counting
+from .schedule import capacity_selectors
 
 
 DROP_Z = 1.2816  # one-sided 90 % normal quantile for the drop bound
@@ -129,11 +130,14 @@ class QualityEvaluator:
         key = (mode, values)
         if key in self._results:
             return self._results[key]
+        if mode == "capacity":  # K >= tokens present: compiled out (identity), as deployed
+            runs = capacity_selectors(values, self.model.num_patches)
+            values = tuple(v if r else None for v, r in zip(values, runs))
         if all(v is None for v in values):  # nothing pruned: the unpruned model
             logp = self._ref_logp
             kept = np.full((L, len(self)), self.model.num_patches, np.int64)
         else:
-            start, chunks = self._start(key)
+            start, chunks = self._start((mode, values))
             with torch.no_grad():
                 for l in range(start, L):
                     chunks = [self._block(l, mode, values[l], c) for c in chunks]
@@ -176,10 +180,6 @@ class QualityEvaluator:
         """One block on one chunk: (tokens (B, n, C), valid (B, n) bool or None, kept (l, B)) -> the same after block l."""
         tokens, valid, kept = chunk
         blk, p = self.model.vit.blocks[l], self.model.num_prefix
-        if value is not None and mode == "capacity":
-            present = tokens.shape[1] - p if valid is None else int(valid[0, p:].sum())
-            if value >= present:
-                value = None  # K >= tokens present: compiled out (identity), as deployed
         bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
         if value is None:  # no selector: timm's own block (fused attention), padding masked as keys
             out = Block.forward(blk, tokens, attn_mask=bias)

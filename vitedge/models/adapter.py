@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
+from ..schedule import capacity_selectors
 from .pruning import capacity_select, cls_attention_scores, gather_tokens, package_token, threshold_keep_indices
 
 
@@ -222,7 +223,7 @@ class PrunableViT(nn.Module):
 
         A block whose K_l is at least the patch tokens it receives (K_l = P, or K_l equal to the
         previous block's) prunes nothing: its selector is compiled out (identity, no cost), except
-        with the package token.
+        with the package token (:func:`~vitedge.schedule.capacity_selectors`).
 
         Clears the thresholds. Raises ValueError on a wrong length or K outside 0..P.
         """
@@ -289,10 +290,10 @@ class PrunableViT(nn.Module):
         tokens = self.embed(x)
         out = ForwardOutput(logits=tokens)
         static = True  # token counts are static until a threshold selector runs
+        # K >= tokens present: the selector is the identity, compiled out (no cost)
+        runs = capacity_selectors(self.capacities, self.num_patches, self.package_token)
         for i, blk in enumerate(self.vit.blocks):
-            theta, cap = self.thresholds[i], self.capacities[i]
-            if cap is not None and cap >= tokens.shape[1] - self.num_prefix and not self.package_token:
-                cap = None  # K >= tokens present: the selector is the identity, compiled out (no cost)
+            theta, cap = self.thresholds[i], (self.capacities[i] if runs[i] else None)
             mask = fisher_masks[i] if fisher_masks is not None else None
             if theta is None and cap is None and mask is None and not want_scores:
                 tokens, scores = Block.forward(blk, tokens), None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..calibration.tables import block_flops
-from ..schedule import Schedule
+from ..schedule import Schedule, capacity_selectors
 from ..tables.latency import LatencyTable
 import math
 
@@ -106,9 +106,10 @@ class Planner:
             capacities = [None if m == 0 else k for m, k in zip(idx, caps)]
             kept = [float(k) for k in caps]
             # the search charges a selector to every m > 0 (additive costs: an upper bound); the
-            # export drops it where K_l repeats the previous block's, so the prediction does too
-            repeats = sum(1 for a, b in zip(idx, idx[1:]) if b == a > 0)
-            total -= repeats * self._repeat_saves
+            # export compiles out those that prune nothing (K_l repeats the previous block's), so the
+            # prediction drops them too
+            running = capacity_selectors(capacities, int(cal.meta["num_patches"]), self.package_token)
+            total -= (sum(k is not None for k in capacities) - sum(running)) * self._repeat_saves
         else:
             thr = [None if m == 0 else float(cal.thresholds[l, m]) for l, m in enumerate(idx)]
             capacities = [None] * L
@@ -116,6 +117,7 @@ class Planner:
         return Schedule(mode=self.mode, candidates=idx, thresholds=thr, capacities=capacities, budget=float(budget), unit=self.unit,
                         cost_model=self.cost_model, predicted=float(total), predicted_kept=kept, fisher_loss=float(loss),
                         meta={"model_hash": cal.meta.get("model_hash"), "package_token": self.package_token, "image_set_hash": cal.meta.get("image_set_hash"),
+                              "num_patches": int(cal.meta["num_patches"]),
                               "num_candidates": int(cal.thresholds.shape[1] if self.capacities is None else len(self.capacities)),
                               "num_layers": L,
                               "device": None if self.table is None else self.table.device.get("name"),
