@@ -6,10 +6,7 @@
   replaced by seeded random numbers (same selection cost);
 - POMT-style single pruning site: keep K patch tokens at block l only, utility
   0.5 (1 - L / Lmax) + 0.5 (A / Amax) as in the POMT code;
-- ToMe (Bolya et al., ICLR 2023), **our re-implementation** of its bipartite soft matching for timm
-  blocks (the ``tome`` package is not installable offline; PyPI's ``tome`` is an unrelated project):
-  r tokens merged per block between attention and MLP, size-weighted average, optional proportional
-  attention. Its matching sorts (argsort), so it cannot be exported sort-free: PyTorch eager only;
+- (ToMe, written from its paper, is in ``_tome.py``);
 - interpolation on accuracy/latency curves (Pareto front, latency at a target accuracy).
 
 Nothing here edits the library: the forwards below call the public pieces of
@@ -19,7 +16,6 @@ Nothing here edits the library: the forwards below call the public pieces of
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -175,127 +171,6 @@ def single_site_accuracy_grid(model, images, sites, ks, batch_size: int = 100) -
 def pomt_utility(latency, accuracy, l_max: float, a_max: float):
     """POMT's utility: 0.5 (1 - L / Lmax) + 0.5 (A / Amax)."""
     return 0.5 * (1 - np.asarray(latency) / l_max) + 0.5 * (np.asarray(accuracy) / a_max)
-
-
-# ------------------------------------------------------------------------------ ToMe (ours)
-def _do_nothing(x, mode=None):
-    return x
-
-
-def bipartite_soft_matching(metric: torch.Tensor, r: int, class_token: bool = True, distill_token: bool = False):
-    """ToMe's bipartite soft matching (Bolya et al. 2023, Alg. 1), re-implemented.
-
-    Tokens alternate into sets A (even) and B (odd); each A token's most similar B token (cosine of
-    the keys) is its edge; the r most similar edges are merged (A token into its B token). Protected
-    tokens (CLS, distillation) never merge. Uses argsort: not exportable without sort.
-
-    Args:
-        metric: (B, N, C) similarity features (mean key over heads). r: tokens to remove.
-
-    Returns:
-        merge(x, mode) -> x with r fewer tokens (mode "sum" or "mean" for the merged ones).
-    """
-    protected = int(class_token) + int(distill_token)
-    t = metric.shape[1]
-    r = min(r, (t - protected) // 2)
-    if r <= 0:
-        return _do_nothing
-    with torch.no_grad():
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        a, b = metric[..., ::2, :], metric[..., 1::2, :]
-        scores = a @ b.transpose(-1, -2)
-        if class_token:
-            scores[..., 0, :] = -math.inf
-        if distill_token:
-            scores[..., :, 0] = -math.inf
-        node_max, node_idx = scores.max(dim=-1)
-        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
-        unm_idx = edge_idx[..., r:, :]          # unmerged tokens of A
-        src_idx = edge_idx[..., :r, :]          # merged tokens of A
-        dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
-        if class_token:
-            unm_idx = unm_idx.sort(dim=1)[0]    # keep the CLS token first
-
-    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-        src, dst = x[..., ::2, :], x[..., 1::2, :]
-        n, t1, c = src.shape
-        unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
-        src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
-        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=mode)
-        if distill_token:
-            return torch.cat([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], dim=1)
-        return torch.cat([unm, dst], dim=1)
-
-    return merge
-
-
-def merge_wavg(merge, x: torch.Tensor, size: torch.Tensor | None):
-    """Size-weighted average of merged tokens; returns (x, size) with size (B, N, 1) tokens per slot."""
-    if size is None:
-        size = torch.ones_like(x[..., 0, None])
-    x = merge(x * size, mode="sum")
-    size = merge(size, mode="sum")
-    return x / size, size
-
-
-def _tome_attention(attn, x: torch.Tensor, size: torch.Tensor | None):
-    """timm ``Attention`` math (as vitedge's explicit path) plus ToMe's proportional attention
-    (log size added to the logits); returns (output, metric = keys averaged over heads)."""
-    B, N, _ = x.shape
-    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    a = (q * attn.scale) @ k.transpose(-2, -1)
-    if size is not None:
-        a = a + size.log()[:, None, None, :, 0]
-    a = a.softmax(dim=-1)
-    out = (attn.attn_drop(a) @ v).transpose(1, 2).reshape(B, N, attn.attn_dim)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out)), k.mean(1)
-
-
-def tome_forward(model, x: torch.Tensor, r: int, prop_attn: bool = True) -> tuple[torch.Tensor, list[int]]:
-    """ToMe on a :class:`PrunableViT`'s timm model: r tokens merged in every block (constant schedule,
-    ToMe's ``parse_r`` without inflection). Returns (logits, patch tokens leaving each block)."""
-    p = model.num_prefix
-    tokens, size, kept = model.embed(x), None, []
-    for blk in model.vit.blocks:
-        a, metric = _tome_attention(blk.attn, blk.norm1(tokens), size if prop_attn else None)
-        tokens = tokens + blk.drop_path1(blk.ls1(a))
-        if r > 0:
-            merge = bipartite_soft_matching(metric, r, class_token=True, distill_token=p > 1)
-            tokens, size = merge_wavg(merge, tokens, size)
-        tokens = tokens + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(tokens))))
-        kept.append(int(tokens.shape[1] - p))
-    return model.head(tokens), kept
-
-
-def evaluate_tome(model, images, r: int, prop_attn: bool = True, batch_size: int = 100) -> tuple[np.ndarray, list[int]]:
-    """(D,) top-1 and the patch tokens leaving each block (the same for every image)."""
-    out, kept = [], []
-    with torch.no_grad():
-        for s in range(0, len(images), batch_size):
-            logits, kept = tome_forward(model, torch.from_numpy(images.images[s:s + batch_size]), r, prop_attn)
-            out.append(logits.argmax(-1).numpy())
-    return np.concatenate(out), kept
-
-
-def tome_max_r(num_patches: int, depth: int) -> int:
-    """Largest constant r that still removes r tokens in the last block (ToMe caps r at half the unprotected tokens)."""
-    r = 0
-    while True:
-        t, ok = num_patches, True
-        for _ in range(depth):
-            if (r + 1) > t // 2:  # (t + protected - protected) // 2
-                ok = False
-                break
-            t -= r + 1
-        if not ok:
-            return r
-        r += 1
 
 
 # ------------------------------------------------------------------------------ curve arithmetic

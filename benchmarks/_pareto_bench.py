@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _methods import (
-    constant_capacities, evaluate_tome, pomt_utility, single_site_accuracy_grid, single_site_capacities, tome_forward,
-    tome_max_r, torch_threads,
-)
+from _methods import constant_capacities, pomt_utility, single_site_accuracy_grid, single_site_capacities, torch_threads
+from _tome import evaluate_tome, tome_forward, tome_max_r
 from vitedge.context import Context
 from vitedge.devices.runner import measure, open_session
 from vitedge.evaluate import evaluate_pruned, predict_unpruned
@@ -333,7 +331,7 @@ def eager_bench(model, ctx: Context, test, ref_top1, args, P: int, L: int, topk_
     threads = args.eager_threads or ctx.device.threads
     feeds = [torch.from_numpy(f["image"]) for f in ctx.feeds()]
     rmax = max(tome_max_r(P, L), 8)
-    # r = 0: ToMe's code path merging nothing (explicit attention, unlike timm's fused one): its own baseline
+    # r = 0: the ToMe forward merging nothing (its own attention, which returns the keys): its own baseline
     rs = [0] + sorted({int(v) for v in np.round(np.linspace(1, rmax, args.points))})
     funcs = {("unpruned", 0): lambda x: model.vit(x)}
     for r in rs:

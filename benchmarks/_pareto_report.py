@@ -22,7 +22,7 @@ LABELS = {
     "fisher_threshold": "vitedge --objective fisher: RCTP Fisher-Viterbi over measured latency (threshold)",
     "fisher_capacity": "vitedge --objective fisher: RCTP Fisher-Viterbi over measured latency (capacity)",
     "pomt": "POMT-style: one site, K from latency sweep",
-    "tome": "ToMe (our re-impl.), PyTorch eager, not sort-free",
+    "tome": "ToMe (from the paper), PyTorch eager, not sort-free",
     "topk_eager": "constant Top-K, PyTorch eager (same-runtime reference for ToMe)",
     "ablation_fisher_block": "normalised FI (fisher_block)",
     "ablation_fisher_raw": "raw FI (fisher_raw)",
@@ -154,15 +154,11 @@ def report(data: dict, args) -> str:
                 md.append("\n" + "; ".join(f"{k.replace('ablation_', '')}: {fmt_at(v)}" for k, v in s["latency_at_target"].items()) + "\n")
                 md.append(ablation_verdict(res["ablation"], ref["target_accuracy"]) + "\n")
         if "torch_eager" in ref:
-            e = ref["torch_eager"]
-            md.append(f"\n## PyTorch eager ({e['threads']} threads, torch {e['torch']}): ToMe (our re-implementation; "
-                      f"proportional attention {'on' if e['tome_prop_attn'] else 'off'}) — not exportable without sort\n\n"
-                      f"unpruned eager {e['unpruned']['measured_ms']:.3f} ms (p90 {e['unpruned']['p90_ms']:.3f})\n\n")
-            rows = [[LABELS.get(m, m), fmt_param(r), r["measured_ms"], r["p90_ms"], f"{r['relative_latency']:.3f}", pct(r["accuracy"]),
-                     pct(r["agreement"]), f"{r['mean_kept_avg']:.1f}", " ".join(f"{k:.0f}" for k in r["mean_kept"])]
-                    for m, pts in e["methods"].items() for r in pts]
-            md.append(md_table(["method", "setting", "median ms", "p90 ms", "/ eager unpruned", "top-1 %", "agrees %", "mean kept",
-                                "kept per block"], rows))
+            md.append(eager_md(ref["torch_eager"]))
+            again = data.get("remeasured", {}).get("torch_eager")
+            if again:
+                md.append(f"\nThis section was re-measured on its own ({again['environment']['date']}, "
+                          f"`{again['environment']['command']}`): {again['timing_note']}.\n")
         rs = ref["relative_summary"]
         md.append(f"\n## Latency at the accuracy target ({pct(rs['target_accuracy'])} %), relative to the same runtime's unpruned model\n\n")
         md.append(md_table(["method (runtime)", "latency / unpruned", "how"],
@@ -185,6 +181,18 @@ def report(data: dict, args) -> str:
                       f"{100 * lin['max_rel_residual']:.1f} % of the largest latency, largest rise {100 * lin['max_rel_step']:.1f} % at n = {lin['max_step_at_tokens']}; "
                       f"plateaus: {r['table']['plateaus'] or 'none'}.\n")
     return "".join(md)
+
+
+def eager_md(e: dict) -> str:
+    """The PyTorch eager section (ToMe, constant Top-K, unpruned), as in pareto.md and tome.md."""
+    head = (f"\n## PyTorch eager ({e['threads']} threads, torch {e['torch']}): ToMe (written from the paper, benchmarks/_tome.py; "
+            f"proportional attention {'on' if e['tome_prop_attn'] else 'off'}) — not exportable without sort\n\n"
+            f"unpruned eager {e['unpruned']['measured_ms']:.3f} ms (p90 {e['unpruned']['p90_ms']:.3f})\n\n")
+    rows = [[LABELS.get(m, m), fmt_param(r), r["measured_ms"], r["p90_ms"], f"{r['relative_latency']:.3f}", pct(r["accuracy"]),
+             pct(r["agreement"]), f"{r['mean_kept_avg']:.1f}", " ".join(f"{k:.0f}" for k in r["mean_kept"])]
+            for m, pts in e["methods"].items() for r in pts]
+    return head + md_table(["method", "setting", "median ms", "p90 ms", "/ eager unpruned", "top-1 %", "agrees %", "mean kept",
+                            "kept per block"], rows)
 
 
 def fmt_at(v: dict) -> str:

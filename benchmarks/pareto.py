@@ -26,9 +26,10 @@ Methods (ONNX Runtime; LiteRT runs the static-shape ones: unpruned, random, Top-
   table, accuracy on the calibration split, POMT's utility 0.5 (1 - L/Lmax) + 0.5 (A/Amax); the
   operating points are the utility-optimal (l, K) within successive latency bands; ``pomt_pick``
   (the global utility optimum, what POMT deploys) is marked.
-- ``tome``: ToMe (our re-implementation of its bipartite soft matching, r tokens merged per block,
+- ``tome``: ToMe written from its paper (``_tome.py``: bipartite soft matching, r tokens merged per block,
   size-weighted average, proportional attention), PyTorch eager, same CPU and threads; not exportable
-  without sort (argsort). Compared through latency relative to the same runtime's unpruned model.
+  without sort (argsort). Compared through latency relative to the same runtime's unpruned model;
+  ``--tome-only`` re-measures just this PyTorch eager section.
 After a first sweep, ``--refine`` more points are placed between the two points of each curve that
 straddle the accuracy target (unpruned - 1 point).
 
@@ -59,7 +60,7 @@ from _pareto_bench import (
     Cand, Pomt, RuntimeBench, bisect_kept, eager_bench, log, pomt_params, topk_cand, viterbi_maker, viterbi_params,
 )
 from _pareto_plots import plot_ablation, plot_large, plot_main
-from _pareto_report import latency_at_kept, relative_summary, report, summarise, table_info
+from _pareto_report import eager_md, fmt_at, latency_at_kept, relative_summary, report, summarise, table_info
 from vitedge.context import Context, MeasureConfig, Options
 from vitedge.data.digits import ImageSet, digits_split
 from vitedge.evaluate import evaluate_schedule, predict_unpruned
@@ -92,11 +93,34 @@ def make_ctx(args, work: Path, **kw) -> Context:
     return Context(opts, log=lambda m: log(m))
 
 
-def run_reference(args, work: Path) -> dict:
-    torch.manual_seed(args.seed)
+def reference_test(args) -> ImageSet:
+    """The digits test split (real labels), its first ``--test-limit`` images if given."""
     test = digits_split("test")
     if args.test_limit:
         test = ImageSet(test.images[:args.test_limit], test.labels[:args.test_limit], f"{test.name}[:{args.test_limit}]")
+    return test
+
+
+def constant_rs(P: int, L: int, points: int) -> list[float]:
+    """Up to ``points`` constant-rate r values from 1 to the largest whole r, (P - 1) / L."""
+    rmax = (P - 1) / L
+    return sorted({float(v) for v in np.round(np.linspace(1, int(rmax), points))}) if points <= int(rmax) \
+        else [float(r) for r in range(1, int(rmax) + 1)]
+
+
+def run_eager(model, ctx: Context, test, ref_top1, args, P: int, L: int, topk_rs: list[float]) -> dict:
+    """The PyTorch eager section: ToMe, constant Top-K and the unpruned model, timed interleaved, with its summary."""
+    t0 = time.time()
+    eager = eager_bench(model, ctx, test, ref_top1, args, P, L, topk_rs)
+    eager["seconds"] = round(time.time() - t0, 1)
+    eager["summary"] = summarise(eager["methods"], eager["unpruned"], vitedge=(), baselines=(), relative=True)
+    log(f"torch eager (ToMe, Top-K) done in {eager['seconds']:.0f} s")
+    return eager
+
+
+def run_reference(args, work: Path) -> dict:
+    torch.manual_seed(args.seed)
+    test = reference_test(args)
     ctx = make_ctx(args, work, format="onnx", calib_limit=args.calib_limit, tokens_step=args.tokens_step)
     model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
     log(f"reference model {model.model_name} ({'trained weights' if args.checkpoint is None else args.checkpoint}), "
@@ -128,9 +152,7 @@ def run_reference(args, work: Path) -> dict:
                                   "accuracy_seeds": accs, "agreement_seeds": agrs, "mean_kept": [float(k) for k in caps]}
         return random_cache[caps]
 
-    rmax = (P - 1) / L
-    r_init = sorted({float(v) for v in np.round(np.linspace(1, int(rmax), args.points))}) if args.points <= int(rmax) \
-        else [float(r) for r in range(1, int(rmax) + 1)]
+    r_init = constant_rs(P, L, args.points)
     for runtime in args.runtimes:
         t_rt = time.time()
         rctx = ctx if runtime == "onnxruntime" else make_ctx(args, work, format="tflite", mode="capacity", calib_limit=args.calib_limit,
@@ -199,14 +221,52 @@ def run_reference(args, work: Path) -> dict:
         log(f"{runtime}: done in {time.time() - t_rt:.0f} s")
     if not args.no_tome:
         topk_rs = sorted({c["param"] for c in out["runtimes"]["onnxruntime"]["methods"].get("topk", [])}) if "onnxruntime" in out["runtimes"] else r_init
-        t0 = time.time()
-        eager = eager_bench(model, ctx, test, ref_top1, args, P, L, topk_rs)
-        eager["seconds"] = round(time.time() - t0, 1)
-        eager["summary"] = summarise(eager["methods"], eager["unpruned"], vitedge=(), baselines=(), relative=True)
-        out["torch_eager"] = eager
-        log(f"torch eager (ToMe, Top-K) done in {eager['seconds']:.0f} s")
+        out["torch_eager"] = run_eager(model, ctx, test, ref_top1, args, P, L, topk_rs)
     out["relative_summary"] = relative_summary(out)
     return out
+
+
+NOISY = ("each point's latency is read relative to the unpruned model timed in the same run, all points interleaved "
+         "in shuffled rounds: machine load moves them together; absolute ms depend on how busy the machine was "
+         "(environment.load_average_1_5_15min)")
+
+
+def run_tome_only(args, work: Path) -> None:
+    """``--tome-only``: re-measure only the PyTorch eager section (ToMe, constant Top-K, unpruned) on the
+    reference model. Writes tome.{json,md} and puts the section into an existing pareto.json (and its .md,
+    .png), keeping the rest; Top-K uses the r values of pareto.json's ONNX Runtime Top-K points when there are some."""
+    torch.manual_seed(args.seed)
+    test = reference_test(args)
+    ctx = make_ctx(args, work, format="onnx", calib_limit=args.calib_limit)
+    model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
+    with torch_threads(1):
+        ref_top1 = predict_unpruned(model, test)
+    previous = args.out / "pareto.json"
+    data = json.loads(previous.read_text()) if previous.exists() else {}
+    ref = data.get("reference")
+    onnx_topk = (ref or {}).get("runtimes", {}).get("onnxruntime", {}).get("methods", {}).get("topk")
+    topk_rs = sorted({c["param"] for c in onnx_topk}) if onnx_topk else constant_rs(P, L, args.points)
+    eager = run_eager(model, ctx, test, ref_top1, args, P, L, topk_rs)
+    env = environment()
+    run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    acc = float((ref_top1 == test.labels).mean())
+    head = (f"# ToMe vs constant Top-K vs unpruned, PyTorch eager (pareto.py --tome-only)\n\nReference model `{model.model_name}`, "
+            f"test {test.name} ({len(test)} images), unpruned top-1 {100 * acc:.1f} %. CPU: {env.get('cpu_model')}, "
+            f"load average {env['load_average_1_5_15min']}. Command: `{env['command']}`. {args.rounds} interleaved rounds.\n\n"
+            f"Timing: {NOISY}.\n")
+    at = eager["summary"]["latency_at_target"]
+    tail = ("\nLatency / eager unpruned at the accuracy target (unpruned - 1 point): "
+            + "; ".join(f"{m}: {fmt_at(v)}" for m, v in at.items()) + ".\n")
+    write_results("tome", {"model": model.model_name, "test_images": test.name, "num_test": len(test), "unpruned_accuracy": acc,
+                           "timing_note": NOISY, "torch_eager": eager, "environment": env, "args": run_args},
+                  head + eager_md(eager) + tail, args.out)
+    if ref is not None:
+        ref["torch_eager"] = eager
+        ref["relative_summary"] = relative_summary(ref)
+        data.setdefault("remeasured", {})["torch_eager"] = {"environment": env, "args": run_args, "timing_note": NOISY}
+        write_results("pareto", data, report(data, argparse.Namespace(**data["args"])), args.out)
+        plot_main(data, args.out / "pareto.png")
+    log(f"--tome-only -> {args.out / 'tome.md'}" + (" and pareto.json's torch_eager" if ref is not None else ""))
 
 
 # ------------------------------------------------------------------------------------------ larger models
@@ -317,6 +377,9 @@ def main(argv=None) -> None:
     p.add_argument("--pomt-k-step", type=int, default=None, help="every k-th measured token count in the POMT grid (default 1; --quick 16)")
     p.add_argument("--tome-prop-attn", action=argparse.BooleanOptionalAction, default=True, help="ToMe proportional attention")
     p.add_argument("--no-tome", action="store_true", help="skip ToMe / PyTorch eager")
+    p.add_argument("--tome-only", action="store_true",
+                   help="only the PyTorch eager section (ToMe, Top-K, unpruned) of the reference model: tome.{json,md}, "
+                        "and that section of an existing pareto.json replaced")
     p.add_argument("--eager-threads", type=int, default=0, help="PyTorch eager threads (0: the device's, as ONNX Runtime)")
     p.add_argument("--no-ablation", action="store_true", help="skip the RCTP importance ablation")
     p.add_argument("--large", action=argparse.BooleanOptionalAction, default=None, help="larger models, latency only (default: on; off with --quick)")
@@ -338,6 +401,10 @@ def main(argv=None) -> None:
         if getattr(args, k) is None:
             setattr(args, k, quick if q else full)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.tome_only:
+        with tempfile.TemporaryDirectory(prefix="vitedge-tome-") as tmp:
+            run_tome_only(args, Path(tmp))
+        return
     torch.manual_seed(args.seed)
     t0 = time.time()
     data: dict = {}
