@@ -155,10 +155,8 @@ def report(data: dict, args) -> str:
                 md.append(ablation_verdict(res["ablation"], ref["target_accuracy"]) + "\n")
         if "torch_eager" in ref:
             md.append(eager_md(ref["torch_eager"]))
-            again = data.get("remeasured", {}).get("torch_eager")
-            if again:
-                md.append(f"\nThis section was re-measured on its own ({again['environment']['date']}, "
-                          f"`{again['environment']['command']}`): {again['timing_note']}.\n")
+            if data.get("remeasured", {}).get("torch_eager"):
+                md.append(remeasured_note(data["remeasured"]["torch_eager"]))
         rs = ref["relative_summary"]
         md.append(f"\n## Latency at the accuracy target ({pct(rs['target_accuracy'])} %), relative to the same runtime's unpruned model\n\n")
         md.append(md_table(["method (runtime)", "latency / unpruned", "how"],
@@ -183,9 +181,12 @@ def report(data: dict, args) -> str:
     return "".join(md)
 
 
+EAGER_HEADING = "\n## PyTorch eager"
+
+
 def eager_md(e: dict) -> str:
     """The PyTorch eager section (ToMe, constant Top-K, unpruned), as in pareto.md and tome.md."""
-    head = (f"\n## PyTorch eager ({e['threads']} threads, torch {e['torch']}): ToMe (written from the paper, benchmarks/_tome.py; "
+    head = (f"{EAGER_HEADING} ({e['threads']} threads, torch {e['torch']}): ToMe (written from the paper, benchmarks/_tome.py; "
             f"proportional attention {'on' if e['tome_prop_attn'] else 'off'}) — not exportable without sort\n\n"
             f"unpruned eager {e['unpruned']['measured_ms']:.3f} ms (p90 {e['unpruned']['p90_ms']:.3f})\n\n")
     rows = [[LABELS.get(m, m), fmt_param(r), r["measured_ms"], r["p90_ms"], f"{r['relative_latency']:.3f}", pct(r["accuracy"]),
@@ -193,6 +194,22 @@ def eager_md(e: dict) -> str:
             for m, pts in e["methods"].items() for r in pts]
     return head + md_table(["method", "setting", "median ms", "p90 ms", "/ eager unpruned", "top-1 %", "agrees %", "mean kept",
                             "kept per block"], rows)
+
+
+def remeasured_note(again: dict) -> str:
+    """Says that the PyTorch eager section was re-measured on its own (``pareto.py --tome-only``), when and how."""
+    return (f"\nThis section was re-measured on its own ({again['environment']['date']}, "
+            f"`{again['environment']['command']}`): {again['timing_note']}.\n")
+
+
+def splice_section(md: str, heading: str, section: str) -> str:
+    """``md`` with the section that starts at ``heading`` (up to the next ``## `` heading) replaced by
+    ``section``, or ``section`` appended when there is none."""
+    start = md.find(heading)
+    if start < 0:
+        return md + section
+    end = md.find("\n## ", start + len(heading))
+    return md[:start] + section + (md[end:] if end >= 0 else "")
 
 
 def fmt_at(v: dict) -> str:

@@ -60,7 +60,10 @@ from _pareto_bench import (
     Cand, Pomt, RuntimeBench, bisect_kept, eager_bench, log, pomt_params, topk_cand, viterbi_maker, viterbi_params,
 )
 from _pareto_plots import plot_ablation, plot_large, plot_main
-from _pareto_report import eager_md, fmt_at, latency_at_kept, relative_summary, report, summarise, table_info
+from _pareto_report import (
+    EAGER_HEADING, eager_md, fmt_at, latency_at_kept, relative_summary, remeasured_note, report, splice_section, summarise,
+    table_info,
+)
 from vitedge.context import Context, MeasureConfig, Options
 from vitedge.data.digits import ImageSet, digits_split
 from vitedge.evaluate import evaluate_schedule, predict_unpruned
@@ -234,7 +237,7 @@ NOISY = ("each point's latency is read relative to the unpruned model timed in t
 def run_tome_only(args, work: Path) -> None:
     """``--tome-only``: re-measure only the PyTorch eager section (ToMe, constant Top-K, unpruned) on the
     reference model. Writes tome.{json,md} and puts the section into an existing pareto.json (and its .md,
-    .png), keeping the rest; Top-K uses the r values of pareto.json's ONNX Runtime Top-K points when there are some."""
+    its section in .md), keeping the rest; Top-K uses the r values of pareto.json's ONNX Runtime Top-K points when there are some."""
     torch.manual_seed(args.seed)
     test = reference_test(args)
     ctx = make_ctx(args, work, format="onnx", calib_limit=args.calib_limit)
@@ -264,8 +267,12 @@ def run_tome_only(args, work: Path) -> None:
         ref["torch_eager"] = eager
         ref["relative_summary"] = relative_summary(ref)
         data.setdefault("remeasured", {})["torch_eager"] = {"environment": env, "args": run_args, "timing_note": NOISY}
-        write_results("pareto", data, report(data, argparse.Namespace(**data["args"])), args.out)
-        plot_main(data, args.out / "pareto.png")
+        # pareto.md: only this section is replaced (a full re-render would put today's labels on older results);
+        # pareto.png is left for the next full run
+        md_path = args.out / "pareto.md"
+        old_md = md_path.read_text() if md_path.exists() else ""
+        section = eager_md(eager) + remeasured_note(data["remeasured"]["torch_eager"])
+        write_results("pareto", data, splice_section(old_md, EAGER_HEADING, section), args.out)
     log(f"--tome-only -> {args.out / 'tome.md'}" + (" and pareto.json's torch_eager" if ref is not None else ""))
 
 
