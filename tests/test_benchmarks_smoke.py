@@ -65,6 +65,90 @@ def check_output(path: Path) -> None:
         assert load(data), f"{path.name} holds no tensors"
 
 
+def _training(out: Path) -> None:
+    t = json.loads((out / "training.json").read_text())
+    assert t["model"] == REF and t["epochs"] == 1 and len(t["log"]) == 1 and t["log"][0]["loss"] > 0
+    assert 0 <= t["test_top1"] <= 1 and 0 <= t["calib_top1"] <= 1 and "--epochs 1 --threads 1" in t["command"]
+    assert REF in (out / "MODEL_CARD.md").read_text()
+
+
+def _budget_fidelity(out: Path) -> None:
+    r = json.loads((out / "budget_fidelity.json").read_text())["results"]
+    assert [m["model"] for m in r] == [REF] and r[0]["unpruned_ms"] > 0 and len(r[0]["runs"]) == 1
+    run = r[0]["runs"][0]
+    assert 0 < run["budget_ms"] and (("measured_ms" in run) == ("ratio" in run))
+    if "ratio" in run:
+        assert run["measured_ms"] > 0 and run["ratio"] == pytest.approx(run["measured_ms"] / run["budget_ms"])
+        assert (run["accuracy"] is None or 0 <= run["accuracy"] <= 1) and len(run["mean_kept"]) == 6
+
+
+def _overhead(out: Path) -> None:
+    r = json.loads((out / "overhead.json").read_text())["results"]
+    assert [m["model"] for m in r] == [REF]
+    assert set(r[0]["variants"]) == {"keep_all", "selectors_keep_all", "capacity_keep_all", "capacity_selectors"}
+    for v in r[0]["variants"].values():
+        assert v["a_median_ms"] > 0 and v["b_median_ms"] > 0 and v["rounds"] == 1
+        assert v["overhead_pct"] == pytest.approx(100 * (v["ratio_median"] - 1))
+    assert "Overhead with nothing pruned" in (out / "overhead.md").read_text()
+
+
+def _speed(out: Path) -> None:
+    r = json.loads((out / "speed.json").read_text())["results"]
+    assert len(r["calibration_stage1_s"]) == len(r["plain_fwd_bwd_s"]) == 1 and r["images"] > 0
+    assert r["profile_points"] > 0 and min(v for k, v in r.items() if k.endswith("_s") and not isinstance(v, list)) >= 0
+    assert "search: 100 budgets" in (out / "speed.md").read_text()
+
+
+def _modes(out: Path) -> None:
+    r = json.loads((out / "modes.json").read_text())["results"]
+    assert [m["model"] for m in r] == [REF] and r[0]["unpruned_ms"]["onnx"] > 0
+    jobs = r[0]["jobs"]
+    assert isinstance(jobs["threshold/tflite"], str) and "NonZero" in jobs["threshold/tflite"]
+    for key in ("threshold/onnx", "capacity/onnx", "capacity/tflite"):
+        assert len(jobs[key]) == 1 and jobs[key][0]["budget_ms"] > 0, key
+    assert list(r[0]["accuracy_sweep"].values())[0][0]["budget_ms"] > 0
+
+
+def _selector_variants(out: Path) -> None:
+    r = json.loads((out / "selector_variants.json").read_text())["results"]
+    assert r["model"] == REF and len(r["capacities"]) == 6 and r["runtimes"]
+    for rows in r["runtimes"].values():
+        for v in rows.values():
+            assert v["a_median_ms"] > 0 and v["b_median_ms"] > 0 and v["rounds"] == 1
+
+
+def _onnx2tf(out: Path) -> None:
+    d = json.loads((out / "onnx2tf.json").read_text())
+    assert d["variants"] and d["converter"]["onnx2tf"]
+    for v in d["variants"]:
+        assert v["parity_vs_onnx"]["max_abs_diff"] <= v["parity_vs_onnx"]["atol"], v["variant"]
+
+
+def _remote_devices(out: Path) -> None:
+    d = json.loads((out / "remote_devices.json").read_text())
+    o, r = d["ssh_vs_local"], d["resume"]
+    assert o["model"] == REF and o["points"] > 0 and len(o["wall_local_s"]) == len(o["wall_ssh_s"]) == 1
+    assert r["points"] > 0 and len(r["rows_lost_per_kill"]) == r["kills"] and r["rows_lost_total"] == sum(r["rows_lost_per_kill"])
+    assert d["targets"]["rows_lost"] == 0
+
+
+def _bench_gate(out: Path) -> None:
+    d = json.loads((out / "bench_gate.json").read_text())
+    assert d["budget_ms"] > 0 and d["unpruned_ms"]["median"] > 0 and d["variants"]
+    assert d["slowed"]["verdict"] in {"pass", "fail", "inconclusive", "unstable"} and d["slowed"]["ratio"] > 0
+    assert set(d["summary"]) == set(d["runs"]) and d["runs"]
+    for name, runs in d["runs"].items():
+        assert d["summary"][name]["n"] == len(runs) >= 1, name
+        for run in runs:
+            assert run["exit_code"] in (0, 1, 3) and 0 < run["ci"][0] <= run["ci"][1] and run["pairs"] >= 2, name
+
+
+# script -> what its results must contain (beyond existing and parsing)
+CONTENT = {"train_reference": _training, "budget_fidelity": _budget_fidelity, "overhead": _overhead, "speed": _speed,
+           "modes": _modes, "selector_variants": _selector_variants, "onnx2tf_route": _onnx2tf,
+           "remote_devices": _remote_devices, "bench_gate": _bench_gate}
+
+
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
 SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget"}
@@ -94,6 +178,8 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
     results = [json.loads((out / n).read_text()) for n in expected if n.endswith(".json") and n != "training.json"]
     for r in results:
         assert "environment" in r, "every result JSON records its environment"
+    if script in CONTENT:
+        CONTENT[script](out)
     if script == "accuracy_budget":
         c = results[0]["configs"][0]
         assert c["config"] == "ort-threshold" and [r["fraction"] for r in c["at_budget"]] == [70]
