@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vitedge.io import atomic_path, atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -32,16 +34,12 @@ def write_results(name: str, data: dict, table_md: str, out_dir: Path = RESULTS)
     """Write ``name.json`` and ``name.md`` atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(data, indent=1, default=float)), (".md", table_md)):
-        path = out_dir / f"{name}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(out_dir / f"{name}{suffix}", text)
 
 
 def save_plot(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def interleaved_ab(session_a, session_b, feeds: list, cfg, rounds: int = 15) -> dict:

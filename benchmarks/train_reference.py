@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from vitedge.data.digits import SPLIT_SIZES, TEST_PLACEMENTS, digits_split, train_epoch
+from vitedge.io import atomic_path
 from vitedge.models.reference import ASSET_DIR, CONFIG, REFERENCE_NAME, build_reference
 
 
@@ -35,9 +35,8 @@ def evaluate(model: torch.nn.Module, split: str) -> float:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

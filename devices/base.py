@@ -15,6 +15,7 @@ from typing import Callable
 
 from vitedge.devices import runner
 from vitedge.devices.runner import MeasureConfig, PlanError, RuntimeMissingError
+from vitedge.devices.runtimes import host_install, host_packages
 
 
 def file_sha256(path) -> str:
@@ -24,9 +25,6 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-# runtime -> the packages that provide it on a host, first found wins (LiteRT: ai-edge-litert, else tflite-runtime)
-RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime",), "litert": ("ai-edge-litert", "tflite-runtime")}
 
 
 class DeviceError(ValueError):
@@ -82,14 +80,13 @@ class LocalDevice(Device):
     """This machine, in process (no copy, no subprocess)."""
 
     def runtime_version(self) -> str:
-        pkgs = RUNTIME_PACKAGES.get(self.runtime, (self.runtime,))
+        pkgs = host_packages(self.runtime)
         for pkg in pkgs:
             try:
                 return metadata.version(pkg)
             except metadata.PackageNotFoundError:
                 continue
-        hint = "pip install 'vitedge[tflite]'" if self.runtime == "litert" else f"python -m pip install {pkgs[0]}"
-        raise RuntimeMissingError(f"{pkgs[0]} is not installed: run `{hint}`") from None
+        raise RuntimeMissingError(f"{pkgs[0]} is not installed: run `{host_install(self.runtime)}`") from None
 
     def run_plan(self, plan: dict, *, on_point=None) -> dict:
         plan = dict(plan, runtime=self.runtime, threads=self.threads, config=asdict(self.config))

@@ -39,12 +39,9 @@ from vitedge.devices import runner
 from vitedge.devices.base import _DEVICES, Device, DeviceError, file_sha256
 from vitedge.devices.presets import SCHEMA, from_url, load_presets, split_host
 from vitedge.devices.runner import RuntimeMissingError
+from vitedge.devices.runtimes import SELF_TIMED, device_modules, host_packages
 from vitedge.devices.transports import ConnectionLostError, Transport, check_remote_path, make_transport
 
-SELF_TIMED = ("benchmark_model", "command")
-# runtime -> (modules tried in order, pip package that provides the first)
-RUNTIME_MODULES = {"onnxruntime": (["onnxruntime"], "onnxruntime"),
-                   "litert": (["ai_edge_litert", "tflite_runtime"], "ai-edge-litert")}
 RESULT_MARK = "@@vitedge-result@@"
 
 # Runs on the device's /bin/sh as: sh -c RUN_SCRIPT vitedge-run TMPROOT CMD...  with a tar of the
@@ -169,14 +166,12 @@ class RemoteDevice(Device):
         return info
 
     def _probe_python(self) -> dict:
-        if self.runtime in RUNTIME_MODULES:
-            kind, names = "module", RUNTIME_MODULES[self.runtime][0]
-        elif self.runtime == "benchmark_model":
+        if self.runtime == "benchmark_model":
             kind, names = "binary", [self.runtime_options.get("binary", "benchmark_model")]
         elif self.runtime == "command":
             kind, names = "binary", [str(self.runtime_options["template"][0])]
-        else:  # a runtime registered later (name = module name)
-            kind, names = "module", [self.runtime]
+        else:  # the runtimes table's modules (a runtime registered later: its name)
+            kind, names = "module", list(device_modules(self.runtime))
         if kind == "binary" and self._host_binary():
             kind, names = "none", []
         p = self.transport.run([*self._prefix(), self.python, "-c", PROBE_CODE, kind, *names], check=False,
@@ -200,7 +195,7 @@ class RemoteDevice(Device):
                     "benchmark_model for the device's CPU) and give its path with --device-opt benchmark_model=PATH"
                     if self.runtime == "benchmark_model" else
                     f"the command {names[0]!r} is not on {self.label}: install it or fix --device-opt command=...")
-            pkg = RUNTIME_MODULES.get(self.runtime, ([], self.runtime))[1]
+            pkg = host_packages(self.runtime)[0]
             raise RuntimeMissingError(f"{self.runtime} is not importable on {self.label} ({info['runtime_error'][:200]}): "
                                       f"install it there: `{self._install_hint(pkg)}`")
         if self._host_binary():
@@ -350,7 +345,7 @@ class RemoteDevice(Device):
         last = next((ln.strip() for ln in reversed(err_text.splitlines()) if ln.strip()), "no output")
         last = last.removeprefix("runner: ")
         if rc == 3:
-            pkg = RUNTIME_MODULES.get(self.runtime, ([], self.runtime))[1]
+            pkg = host_packages(self.runtime)[0]
             raise RuntimeMissingError(f"{last} (on {self.label}; install: `{self._install_hint(pkg)}`)")
         if rc == 2:
             raise DeviceError(f"{self.label} rejected the plan: {last.removeprefix('bad plan: ')}")

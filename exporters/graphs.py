@@ -13,9 +13,8 @@ from torch import nn
 
 from vitedge.exporters.onnx import export_onnx
 from vitedge.models.adapter import PrunableViT
-
-PARTS = ("attention", "selector", "capacity_selector", "mlp")
-FIXED_PARTS = ("embed", "head", "run_overhead")
+from vitedge.tables.latency import FIXED as FIXED_PARTS  # the parts a latency table holds: defined there
+from vitedge.tables.latency import PARTS
 
 
 class PrunedModelGraph(nn.Module):

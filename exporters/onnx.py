@@ -6,7 +6,6 @@ domain, so the file runs on edge runtimes and their delegates' reference kernels
 """
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from vitedge.devices.base import file_sha256  # noqa: F401  (re-exported: vitedge.pipeline)
+from vitedge.io import atomic_path
 
 DEFAULT_OPSET = 18
 # ONNX has no Sort/ArgSort op; the names guard against custom domains and future opsets.
@@ -89,38 +89,34 @@ def export_onnx(module: torch.nn.Module, example_inputs: tuple, path: str | Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                torch.onnx.export(module, example_inputs, str(tmp), input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-        model = onnx.load(str(tmp))
-        if simplify:
-            import onnxsim
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.no_grad():
+                    torch.onnx.export(module, example_inputs, str(tmp), input_names=input_names, output_names=output_names,
+                                      dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+            model = onnx.load(str(tmp))
+            if simplify:
+                import onnxsim
 
+                try:
+                    simplified, ok = onnxsim.simplify(model)
+                except Exception as e:  # onnxsim failures are not fatal: the unsimplified graph is valid
+                    warnings.warn(f"onnxsim failed ({type(e).__name__}); keeping the unsimplified graph", stacklevel=2)
+                    ok = False
+                if ok:
+                    model = simplified
             try:
-                simplified, ok = onnxsim.simplify(model)
-            except Exception as e:  # onnxsim failures are not fatal: the unsimplified graph is valid
-                warnings.warn(f"onnxsim failed ({type(e).__name__}); keeping the unsimplified graph", stacklevel=2)
-                ok = False
-            if ok:
-                model = simplified
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as e:
-            raise ExportError(f"ONNX checker rejected the export of {type(module).__name__}: {str(e).splitlines()[0]}") from None
-        if audit:
-            audit_ops(model)
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
+                onnx.checker.check_model(model, full_check=True)
+            except Exception as e:
+                raise ExportError(f"ONNX checker rejected the export of {type(module).__name__}: {str(e).splitlines()[0]}") from None
+            if audit:
+                audit_ops(model)
+            onnx.save(model, str(tmp))
         return model
     except ExportError:
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"torch.onnx export of {type(module).__name__} failed: {first}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -34,6 +34,7 @@ import numpy as np
 from vitedge.exporters.onnx import ExportError
 from vitedge.exporters.tflite import TFLiteUnavailableError, audit_tflite
 from vitedge.exporters.validation import ParityError
+from vitedge.io import atomic_path
 
 ENV_VAR = "VITEDGE_ONNX2TF"
 ONNX2TF_OPSET = 20  # opset 20 maps GELU to TFLite's GELU builtin; at 17/18 exact GELU becomes FlexErf
@@ -296,9 +297,8 @@ def export_tflite_onnx2tf(onnx_path, out_path, *, feeds: list[dict] | None = Non
     exe = exe or find_onnx2tf()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     t0 = time.time()
-    try:
+    with atomic_path(out_path) as tmp:
         with tempfile.TemporaryDirectory(prefix="vitedge-onnx2tf-") as work:
             src = Path(work) / "model.onnx"
             clamped = prepare_onnx(onnx_path, src)
@@ -312,9 +312,5 @@ def export_tflite_onnx2tf(onnx_path, out_path, *, feeds: list[dict] | None = Non
             ops = audit_tflite(checked) if audit else {}
             parity = check_parity_onnx(checked, onnx_path, feeds if feeds else _image_feeds(onnx_path), atol=atol)
             shutil.copyfile(checked, tmp)
-        os.replace(tmp, out_path)
-        return Onnx2tfResult(op_types=ops, parity=parity, convert_seconds=round(seconds, 2),
-                             slice_bounds_clamped=clamped, onnx2tf=exe)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return Onnx2tfResult(op_types=ops, parity=parity, convert_seconds=round(seconds, 2),
+                         slice_bounds_clamped=clamped, onnx2tf=exe)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from vitedge.exporters.onnx import ExportError, OpAuditError
+from vitedge.io import atomic_path
 
 FORBIDDEN_TFLITE = frozenset({"TOPK_V2", "ARG_MAX", "ARG_MIN", "NON_MAX_SUPPRESSION_V4", "NON_MAX_SUPPRESSION_V5",
                               "UNIQUE", "SCATTER_ND", "STABLEHLO_SCATTER", "STABLEHLO_SORT", "CUSTOM", "DELEGATE"})
@@ -73,20 +73,19 @@ def export_tflite(module: torch.nn.Module, example_inputs: tuple | None, path, *
     litert_torch = _require("litert_torch")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
-            warnings.simplefilter("ignore")
-            if signatures:
-                conv = None
-                for name, args in signatures.items():
-                    conv = (litert_torch if conv is None else conv).signature(name, module, args)
-                edge = conv.convert()
-            else:
-                edge = litert_torch.convert(module, example_inputs)
-            edge.export(str(tmp))
-        ops = audit_tflite(tmp) if audit else op_counts(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+                warnings.simplefilter("ignore")
+                if signatures:
+                    conv = None
+                    for name, args in signatures.items():
+                        conv = (litert_torch if conv is None else conv).signature(name, module, args)
+                    edge = conv.convert()
+                else:
+                    edge = litert_torch.convert(module, example_inputs)
+                edge.export(str(tmp))
+            ops = audit_tflite(tmp) if audit else op_counts(tmp)
         return ops
     except (ExportError, OpAuditError):
         raise
@@ -96,9 +95,6 @@ def export_tflite(module: torch.nn.Module, example_inputs: tuple | None, path, *
             raise ExportError("threshold mode (NonZero: a dynamic token count) cannot be converted by litert-torch: "
                               "use --mode capacity for TFLite") from None
         raise ExportError(f"litert-torch conversion of {type(module).__name__} failed: {first}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _schema():

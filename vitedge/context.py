@@ -12,6 +12,7 @@ from .calibration import Calibration, CalibrationError, calibrate
 from .data.digits import ImageSet, digits_split
 from .data.images import image_set_hash, load_image_folder, resolve_images
 from .devices import Device, MeasureConfig, get_device
+from .devices.runtimes import FORMAT_RUNTIME, runtime_format
 from .models.adapter import PrunableViT
 from .models.loading import load_prunable, model_hash
 from .models.reference import REFERENCE_NAME
@@ -62,9 +63,6 @@ def _protocol_tag(cfg: MeasureConfig) -> str:
     return f"w{cfg.warmup}r{cfg.min_runs}s{cfg.min_time_s:g}"
 
 
-FORMAT_RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
-# the file format each runtime reads (benchmark_model: TFLite's tool on phones; "command" runs anything)
-RUNTIME_FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "benchmark_model": "tflite"}
 TFLITE_CONVERTERS = ("litert-torch", "onnx2tf")
 
 
@@ -120,9 +118,9 @@ def resolve_mode(opts: Options) -> None:
     if opts.format is not None:
         if opts.runtime is None:
             opts.runtime = FORMAT_RUNTIME[opts.format]
-        elif opts.runtime in RUNTIME_FORMAT and RUNTIME_FORMAT[opts.runtime] != opts.format:
+        elif runtime_format(opts.runtime) not in (None, opts.format):
             raise ValueError(f"runtime {opts.runtime} does not run {opts.format} files: use --runtime {FORMAT_RUNTIME[opts.format]}")
-    fmt = opts.format or RUNTIME_FORMAT.get(_planned_runtime(opts) or "")
+    fmt = opts.format or runtime_format(_planned_runtime(opts))
     check_format_mode(fmt, opts.mode, opts.tflite_converter)
 
 
@@ -196,7 +194,7 @@ class Context:
     @property
     def format(self) -> str:
         """Export format: --format, else the device runtime's (onnxruntime -> onnx, litert -> tflite)."""
-        return self.opts.format or RUNTIME_FORMAT.get(self.device.runtime, "onnx")
+        return self.opts.format or runtime_format(self.device.runtime) or "onnx"
 
     @property
     def mode(self) -> str:

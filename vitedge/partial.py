@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from .io import atomic_write_bytes, fsync_dir
+
 FORMAT_KEY = "vitedge_partial"
 
 
@@ -93,11 +95,7 @@ class PartialProfile:
                     rows.setdefault(row["name"], row)
                     good.append(ln)
             if torn or len(good) != len([ln for ln in lines if ln.strip()]):  # rewrite without the junk
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(b"\n".join(good) + b"\n")
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                atomic_write_bytes(path, b"\n".join(good) + b"\n")
             header = old
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         else:
@@ -106,11 +104,7 @@ class PartialProfile:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
             _write_all(fd, (json.dumps(header) + "\n").encode())
             os.fsync(fd)
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(path.parent)
         return cls(path, header, rows, fd)
 
     def append(self, row: dict) -> bool:

@@ -6,9 +6,7 @@ are moved into ``out`` only when everything succeeded (no partial files).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -21,6 +19,7 @@ from .evaluate import evaluate_schedule, predict_unpruned
 from .exporters.graphs import PrunedModelGraph, UnprunedModelGraph, export_pruned, export_unpruned
 from .exporters.onnx import audit_ops, file_sha256
 from .exporters.validation import check_parity
+from .io import atomic_path, atomic_write_json
 from .schedule import Schedule
 from .search import BudgetUnreachableError
 from .search.measured import MeasuredSearch, plan_knobs
@@ -171,12 +170,6 @@ class Artifact:
 
 def _measurement_summary(m: dict) -> dict:
     return {"median": m["median_ms"], "p90": m["p90_ms"], "mad": m["mad_ms"], "runs": m["runs"]}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 class ClosedLoop:
@@ -386,10 +379,10 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
         }
         out.mkdir(parents=True, exist_ok=True)
         schedule.save(work / "schedule.json")
-        _write_json(work / "report.json", report)
+        atomic_write_json(work / "report.json", report, indent=1, default=float)
         for name, src in ((f"model{artifact.suffix}", path), ("schedule.json", work / "schedule.json"), ("report.json", work / "report.json")):
-            shutil.move(str(src), str(out / f".{name}.part"))
-            os.replace(out / f".{name}.part", out / name)
+            with atomic_path(out / name) as part:
+                shutil.move(str(src), str(part))
     return report
 
 

@@ -2,11 +2,9 @@
 report (kept tokens per block; predicted vs measured latency). matplotlib, Agg backend."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
+from .io import atomic_path
 from .tables.latency import LatencyTable
 
 
@@ -20,10 +18,8 @@ def _pyplot():
 
 
 def _save(fig, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def plateaus(median_ms: np.ndarray, measured: list[int], rel: float = 0.02) -> list[tuple[int, int]]:

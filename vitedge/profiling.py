@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from .devices import Device, DeviceError
 from .devices.runner import detect_drift
-from .exporters.graphs import FIXED_PARTS, PARTS, export_parts
+from .devices.runtimes import has_dynamic_shapes, profile_format
+from .exporters.graphs import export_parts
 from .models.adapter import PrunableViT
 from .partial import PartialProfile, fingerprint
-from .tables.latency import LatencyTable
+from .tables.latency import FIXED, PARTS, LatencyTable
 
 
 class ProfileError(RuntimeError):
@@ -34,16 +35,13 @@ def model_shape(model: PrunableViT) -> dict:
             "input_size": list(model.input_size), "arch_hash": arch}
 
 
-RUNTIME_FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
-
-
 def token_grid(model: PrunableViT, runtime: str, step: int | None = None) -> list[int]:
     """Token counts to measure: every n for ONNX Runtime (one dynamic-shape graph serves all);
     for static-shape runtimes (LiteRT: one signature per n, ~1-2 s of conversion each) every
     ``step``-th n (default: about 33 points), always including 1, p + 1 and N."""
     N, p = model.num_tokens, model.num_prefix
     if step is None:
-        step = 1 if RUNTIME_FORMAT.get(runtime) == "onnx" else max(1, round(N / 32))
+        step = 1 if has_dynamic_shapes(runtime) else max(1, round(N / 32))
     return sorted(set(range(1, N + 1, step)) | {1, min(p + 1, N), N})
 
 
@@ -65,7 +63,7 @@ def build_plan(model: PrunableViT, files: dict, tokens: list[int]) -> dict:
             path = files.get((part, n)) or files[(part, None)]
             inputs = {k: {"shape": list(v), "dtype": "float32"} for k, v in part_inputs(model, part, n).items()}
             points.append({"name": f"{part}@{n}", "model": str(path), "inputs": inputs, "tags": {"part": part, "tokens": n}})
-    for part in FIXED_PARTS:
+    for part in FIXED:
         inputs = {k: {"shape": list(v), "dtype": "float32"} for k, v in part_inputs(model, part, N).items()}
         points.append({"name": part, "model": str(files[(part, None)]), "inputs": inputs, "tags": {"part": part}})
     return {"points": points, "reference": f"attention@{N}"}
@@ -93,7 +91,7 @@ def profile(model: PrunableViT, device: Device, *, model_name: str = "", progres
         ProfileError: a part failed on the device (the runner's error is named).
         DeviceError / RuntimeMissingError / TFLiteUnavailableError: from the device or exporter.
     """
-    fmt = RUNTIME_FORMAT.get(device.runtime)
+    fmt = profile_format(device.runtime)
     if fmt is None:
         raise ProfileError(f"profiling with runtime {device.runtime!r} is not supported: use onnxruntime or litert")
     tokens = token_grid(model, device.runtime, tokens_step)
@@ -175,7 +173,7 @@ def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: 
         entry["measured_tokens"] = measured
         entry["samples_ms"] = {str(n): rows[(part, n)]["samples_ms"] for n in measured}
         parts_out[part] = entry
-    fixed = {name: {k: rows[(name, None)][k] for k in ("median_ms", "p90_ms", "samples_ms")} for name in FIXED_PARTS}
+    fixed = {name: {k: rows[(name, None)][k] for k in ("median_ms", "p90_ms", "samples_ms")} for name in FIXED}
     env = result["environment"]
     return LatencyTable(
         model={"name": model_name, **model_shape(model)},

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .io import atomic_write_json
 
 FORMAT = "vitedge-schedule"
 VERSION = 2  # 2: capacity mode (``capacities``); version 1 files (threshold mode only) still load
@@ -95,16 +96,10 @@ class Schedule:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
 
     def save(self, path) -> None:
-        """Write JSON atomically."""
+        """Write JSON atomically (:mod:`vitedge.io`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path) -> "Schedule":

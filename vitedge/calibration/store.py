@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from vitedge.calibration.tables import (
     candidate_thresholds, fisher_loss_table, flops_reduction, kept_counts, normalise_fisher,
 )
+from vitedge.io import atomic_path
 
 __all__ = ["FORMAT", "VERSION", "CalibrationError", "Calibration", "build_calibration"]
 
@@ -142,27 +142,12 @@ class Calibration:
         except (TypeError, ValueError) as e:
             raise CalibrationError(f"cannot save {path}: metadata is not JSON-serialisable ({e})") from None
         arrays = {k: np.ascontiguousarray(getattr(self, k), dtype=dt) for k, dt in ARRAYS.items()}
-        directory, name = os.path.split(os.path.abspath(path))
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except OSError as e:
-            raise CalibrationError(f"cannot write calibration file {path}: {e}; check the directory "
-                                   "exists and is writable") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.savez_compressed(fh, meta_json=np.array(meta_json), **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(e, OSError):
-                raise CalibrationError(f"cannot write calibration file {path}: {e}") from None
-            raise
+        except OSError as e:
+            hint = "" if os.path.isdir(os.path.dirname(os.path.abspath(path))) else "; check the directory exists"
+            raise CalibrationError(f"cannot write calibration file {path}: {e}{hint}") from None
 
     @classmethod
     def load(cls, path, *, expect_model_hash=None, expect_image_set_hash=None) -> "Calibration":

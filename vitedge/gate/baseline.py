@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
+from ..io import atomic_write_text
 from .inputs import ImageFeeds
 from .settings import BenchError
 
@@ -24,19 +23,7 @@ def _atomic_write(path: str | Path, text: str) -> None:
     d = path.resolve().parent
     if not d.is_dir():
         raise BenchError(f"cannot write {path}: folder {d} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, text)
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vitedge.devices.runtimes import FORMAT_RUNTIME, FORMAT_SUFFIX, runtimes_for_suffix
+
 from .settings import BenchError, BenchSettings
 
-RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
+RUNTIME_BY_SUFFIX = {FORMAT_SUFFIX[fmt]: runtime for fmt, runtime in FORMAT_RUNTIME.items()}
 # runtimes that can run a file of this kind (a device preset's default runtime is kept when it fits)
-RUNTIMES_FOR_SUFFIX = {".onnx": {"onnxruntime", "command"}, ".tflite": {"litert", "benchmark_model", "command"}}
+RUNTIMES_FOR_SUFFIX = {suffix: runtimes_for_suffix(suffix) for suffix in FORMAT_SUFFIX.values()}
 
 
 

@@ -23,11 +23,12 @@ The file is JSON (format ``vitedge-latency-table``, version 1); raw samples are 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_write_json
 
 FORMAT = "vitedge-latency-table"
 VERSION = 1
@@ -190,16 +191,10 @@ class LatencyTable:
                 "fixed": self.fixed}
 
     def save(self, path) -> None:
-        """Write JSON atomically (temp file + rename)."""
+        """Write JSON atomically (:mod:`vitedge.io`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict()))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path) -> "LatencyTable":
