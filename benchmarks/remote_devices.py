@@ -189,13 +189,14 @@ def resume_kills(server, kh: Path, kills: int, seed: int, work: Path, quick: boo
 def spvit_search(limits: list, calib_limit: int, work: Path, mode: str) -> dict:
     from vitedge.context import Context, Options
     from vitedge.search import BudgetUnreachableError
+    from vitedge.search.reference import ReferencePlanner
 
     logs = []
     ctx = Context(Options(model="deit_small_patch16_224", calib_limit=calib_limit, cache_dir=str(work / "cache"),
                           progress=False), log=logs.append)
     table = ctx.latency_table("zcu102-spvit-deit-s", allow_reference=True)
     cal = ctx.calibration()
-    planner = table.planner(cal, mode=mode, min_patch_tokens=ctx.model.min_patch_tokens)
+    planner = ReferencePlanner(cal, table, mode=mode, min_patch_tokens=ctx.model.min_patch_tokens)
     out = {"mode": mode, "model": "deit_small_patch16_224 (random weights: no download here; latency is what the table says, "
                     "the Fisher/attention statistics are a random model's)",
            "calibration_images": len(ctx.images), "table": table.name, "source": table.citation(),

@@ -1,5 +1,6 @@
 """Devices (transport x runtime x settings) and the torch-free on-device runner."""
-from vitedge.devices.base import Device, DeviceError, LocalDevice, available_devices, get_device, register_device
+from vitedge.devices.base import Device, DeviceError, LocalDevice
+from vitedge.devices.registry import available_devices, get_device, register_device
 from vitedge.devices.runner import MeasureConfig, PlanError, RuntimeMissingError
 from vitedge.devices.transports import (AuthError, ConnectionLostError, HostKeyError, NoDeviceError, TransportError,
                                         UnreachableError, available_transports, register_transport)

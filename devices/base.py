@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Callable
@@ -102,48 +101,3 @@ class LocalDevice(Device):
             raise DeviceError(f"measuring {model_path} on {self.name} failed: {m['error']}")
         m["environment"] = runner.environment(self.runtime, self.threads, session.version)
         return m
-
-
-_DEVICES: dict[str, type[Device]] = {}
-
-
-def register_device(name: str, cls: type[Device]) -> None:
-    """Add a device class to the registry (warns when overwriting)."""
-    if name in _DEVICES:
-        warnings.warn(f"overwriting device {name!r} in the registry", stacklevel=2)
-    _DEVICES[name] = cls
-
-
-register_device("local", LocalDevice)
-
-
-def available_devices() -> list[str]:
-    return sorted(_DEVICES)
-
-
-def get_device(name: str = "local", *, runtime: str | None = None, threads: int = 0,
-               config: MeasureConfig | None = None, **settings) -> Device:
-    """Instantiate a device: a preset (``devices/presets/*.toml`` or the user's devices file), a URL
-    (``ssh://[USER@]HOST[:PORT]``, ``adb://[SERIAL]``) or a registered device class.
-
-    ``runtime``/``threads`` None/0: the preset's (else onnxruntime / all cores).  ``settings``:
-    ``host``, ``serial``, ``devices_file`` and preset keys, overriding the preset
-    (see :mod:`vitedge.devices.presets`).
-
-    Raises:
-        DeviceError: unknown device or runtime, bad settings, unreachable device.
-        RuntimeMissingError: the runtime is not installed (checked here, before any work).
-    """
-    from vitedge.devices.remote import resolve_device  # presets and URLs (that module imports this one)
-
-    config = config or MeasureConfig()
-    dev = resolve_device(name, runtime=runtime, threads=threads, config=config, settings=settings)
-    if dev is None:
-        if name not in _DEVICES:
-            raise DeviceError(f"unknown device {name!r}: use one of {', '.join(available_devices())}, a preset "
-                              "(`vitedge devices list`), ssh://[USER@]HOST[:PORT] or adb://[SERIAL]")
-        if any(v is not None for v in settings.values()):
-            raise DeviceError(f"device {name} takes no settings, got {', '.join(sorted(settings))}")
-        dev = _DEVICES[name](name=name, runtime=runtime or "onnxruntime", threads=threads, config=config)
-    dev.runtime_version()
-    return dev

@@ -18,7 +18,8 @@ import pytest
 from _sshd import free_port
 from vitedge.devices import DeviceError, MeasureConfig, NoDeviceError, get_device
 from vitedge.devices import runner as R
-from vitedge.devices.remote import RemoteDevice, resolve_device
+from vitedge.devices.registry import resolve_device
+from vitedge.devices.remote import RemoteDevice
 from vitedge.devices.transports import AdbTransport, LocalTransport, parse_adb_devices
 
 FAST = MeasureConfig(warmup=2, min_runs=5, min_time_s=0.0)

@@ -13,7 +13,8 @@ from vitedge.cli.main import main
 from vitedge.devices import DeviceError, LocalDevice, get_device
 from vitedge.devices.presets import (PRESET_DIR, PresetError, from_url, load_presets, measure_overrides,
                                      parse_setting, split_host)
-from vitedge.devices.remote import RemoteDevice, resolve_device
+from vitedge.devices.registry import resolve_device
+from vitedge.devices.remote import RemoteDevice
 from vitedge.devices.transports import (AdbTransport, SSHTransport, available_transports, make_transport,
                                         register_transport)
 

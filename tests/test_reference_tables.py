@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from vitedge.calibration.store import build_calibration
 from vitedge.cli.main import main
 from vitedge.search import BudgetUnreachableError
+from vitedge.search.reference import ReferencePlanner
 from vitedge.tables.reference import (ReferenceTableError, available_references, is_reference_name,
                                       load_reference)
 
@@ -79,7 +80,7 @@ def test_planner_interface_costs_and_prediction():
 
 def test_search_respects_the_coverage():
     t, cal = load_reference("zcu102-spvit-deit-s"), _calibration()
-    planner = t.planner(cal)
+    planner = ReferencePlanner(cal, t)
     assert planner.full == pytest.approx(25.284)
     covered = t.covered(cal.kept)
     assert not covered.all() and covered[:, 0].all()  # heavy pruning is out of the table
@@ -144,7 +145,7 @@ def test_reference_tables_are_for_search_only(cache):
 
 def test_capacity_mode_uses_exact_rates_inside_the_table():
     t, cal = load_reference("zcu102-spvit-deit-s"), _calibration()
-    planner = t.planner(cal, mode="capacity", min_patch_tokens=1)
+    planner = ReferencePlanner(cal, t, mode="capacity", min_patch_tokens=1)
     assert planner.capacities.min() == 98 and planner.capacities.max() == 196  # 99..197 tokens: rates 0..0.4975
     assert planner.min_budget == pytest.approx(2.107 + 11 * float(np.interp(1 - 99 / 197, RATES, DEIT_S)), abs=0.01)
     for budget in (24.0, 20.0, 16.0):

@@ -25,7 +25,7 @@ from _sshd import SSHDUnavailable, children, free_port, start_sshd, stop_sshd
 from vitedge.cli.main import main
 from vitedge.devices import (AuthError, HostKeyError, MeasureConfig, RuntimeMissingError, UnreachableError,
                              get_device)
-from vitedge.devices.remote import resolve_device
+from vitedge.devices.registry import resolve_device
 from vitedge.models.reference import build_reference
 
 QUICK = ["--quiet", "--warmup", "1", "--runs", "3", "--min-time", "0", "--calib-limit", "8",

@@ -378,6 +378,8 @@ def search(model=None, budget_ms: float | None = None, *, images=None, labels=No
     """
     from .pipeline import make_search, pick_for_accuracy
     from .search.planner import Planner
+    from .search.reference import ReferencePlanner
+    from .tables.reference import ReferenceTable
 
     if budget_flops is not None and (budget_ms is not None or max_accuracy_drop is not None):
         raise ValueError("budget_flops= is RCTP's FLOPs search: give it alone, or use budget_ms= / max_accuracy_drop=")
@@ -393,11 +395,11 @@ def search(model=None, budget_ms: float | None = None, *, images=None, labels=No
     cal = ctx.calibration(_file_arg("calibration", calibration))
     if budget_flops is not None:
         schedule = Planner(cal, "flops").solve(budget_flops)
-    elif hasattr(table, "planner"):  # a paper's reference table: its own planner, Fisher objective
+    elif isinstance(table, ReferenceTable):  # a paper's reference table: its own planner, Fisher objective
         if max_accuracy_drop is not None:
             raise ValueError("max_accuracy_drop= measures the pruned model on your device's table: not with a paper's reference table")
-        planner = table.planner(cal, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
-                                package_token=ctx.model.package_token)
+        planner = ReferencePlanner(cal, table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
+                                   package_token=ctx.model.package_token)
         schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
     else:
         planner, _ = make_search(ctx, cal, table, log=ctx.log)

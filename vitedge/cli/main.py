@@ -214,6 +214,8 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, max_accu
     """
     from ..pipeline import make_search, pick_for_accuracy
     from ..search.planner import Planner
+    from ..search.reference import ReferencePlanner
+    from ..tables.reference import ReferenceTable
 
     if budget_flops is not None and (budget_ms is not None or max_accuracy_drop is not None):
         raise click.UsageError("--budget-flops is RCTP's FLOPs search: give it alone, or use --budget-ms / --max-accuracy-drop")
@@ -224,10 +226,11 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, max_accu
     table = ctx.latency_table(latency_table, allow_reference=True) if budget_flops is None else None
     cal = ctx.calibration(calibration)
     planner = None
-    if hasattr(table, "planner"):  # a paper's reference table: its own planner, Fisher objective
+    if isinstance(table, ReferenceTable):  # a paper's reference table: its own planner, Fisher objective
         if max_accuracy_drop is not None:
             raise ValueError("--max-accuracy-drop measures the pruned model on your device's table: not with a paper's reference table")
-        planner = table.planner(cal, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens, package_token=ctx.model.package_token)
+        planner = ReferencePlanner(cal, table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
+                                   package_token=ctx.model.package_token)
         schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
     elif budget_flops is None:
         planner, _ = make_search(ctx, cal, table, log=_log)

@@ -15,20 +15,19 @@ calibration image's block run above rate 0.5 is excluded (never extrapolated), a
 only such candidates could meet is refused with the smallest budget the table covers.
 
 The class has the planner's table interface: ``num_tokens``, ``model``, ``device``,
-``candidate_costs(kept)``, ``predict_ms(kept, selectors)``; :class:`ReferencePlanner` adds the
-coverage limits to :class:`~vitedge.search.planner.Planner`.
+``candidate_costs(kept)``, ``predict_ms(kept, selectors)``. It offers data only: the search builds
+its planner from it (:class:`vitedge.search.reference.ReferencePlanner` adds the coverage limits to
+:class:`~vitedge.search.planner.Planner`).
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 
-from ..search.planner import Planner
-from ..search.viterbi import BudgetUnreachableError
 from .latency import LatencyTableError
 
 FORMAT = "vitedge-reference-table"
@@ -135,7 +134,7 @@ class ReferenceTable:
     def candidate_costs(self, kept: np.ndarray, mode: str = "threshold") -> tuple:
         """cost[l, m]: expected ms (over calibration images) of block l+1 receiving the tokens that
         candidate m keeps in block l; 0 for the last block.  Excluded candidates (:meth:`covered`)
-        get the boundary row's cost, only to stay finite: :class:`ReferencePlanner` never picks them.
+        get the boundary row's cost, only to stay finite: the reference planner never picks them.
         ``mode`` ("threshold" or "capacity": kept (L, M, 1) = K) changes nothing: selectors are free."""
         kept = np.asarray(kept, np.int64)
         n = kept + int(self.model["num_prefix"])
@@ -161,115 +160,3 @@ class ReferenceTable:
                 raise ReferenceTableError(
                     f"{source} is for {m['name']} (dim {m['dim']}, {m['depth']} blocks, {m['num_tokens']} tokens), this "
                     f"model has {key}={shape[key]}: pass --model {m['name']}")
-
-    def planner(self, calibration, mode: str | None = None, **kwargs) -> "ReferencePlanner":
-        """A planner on this table; ``mode`` "threshold" (default) or "capacity" (exact K tokens per
-        block: the rate is exact, candidates are the token counts inside the table)."""
-        return ReferencePlanner(calibration, self, mode=mode or "threshold", **kwargs)
-
-
-class ReferencePlanner(Planner):
-    """:class:`Planner` on a reference table, with its coverage enforced: candidates outside the
-    table get a prohibitive loss (the Viterbi takes them only if nothing covered fits), and a
-    schedule that still needs one is refused with the smallest budget the table covers."""
-
-    def __init__(self, calibration, table: ReferenceTable, mode: str = "threshold", min_patch_tokens: int = 0,
-                 package_token: bool = False):
-        self.reference = table
-        self._accepted_min = None
-        if mode == "capacity":  # candidates are token counts inside the table: all covered, rates exact
-            super().__init__(calibration, "latency", table, mode="capacity", min_patch_tokens=min_patch_tokens,
-                             package_token=package_token)
-            self.covered = np.ones(self.cost.shape, bool)
-            return
-        kept = calibration.kept.astype(np.int64)
-        if package_token:
-            kept[:, 1:] = np.minimum(kept[:, 1:] + 1, calibration.meta["num_patches"])
-        self.covered = table.covered(kept)
-        loss = np.asarray(calibration.fisher_loss, np.float64)
-        penalty = (loss.shape[0] + 1) * (float(loss.max()) + 1.0)
-        super().__init__(replace(calibration, fisher_loss=np.where(self.covered, loss, penalty)), "latency", table,
-                         mode=mode, min_patch_tokens=min_patch_tokens, package_token=package_token)
-        self.calibration = calibration
-
-    def _is_covered(self, indices) -> bool:
-        return all(self.covered[l, int(m)] for l, m in enumerate(indices))
-
-    def exact_min_ms(self) -> float:
-        """Smallest predicted total of any monotone schedule inside the table (exact, unquantised)."""
-        cost = np.where(self.covered, self.cost, np.inf)
-        H = cost[0].copy()
-        for l in range(1, cost.shape[0]):
-            H = cost[l] + np.minimum.accumulate(H)
-        return self.base + float(H.min())
-
-    @property
-    def min_budget(self) -> float:
-        """Smallest budget (ms) :meth:`solve` accepts on this table (coverage and quantisation)."""
-        if self._accepted_min is None:
-            lo, hi = self.exact_min_ms(), self.full
-            for _ in range(60):
-                if hi - lo <= 1e-9 * max(hi, 1.0):
-                    break
-                mid = 0.5 * (lo + hi)
-                try:
-                    ok = self._is_covered(super().solve(mid).candidates)
-                except BudgetUnreachableError:
-                    ok = False
-                lo, hi = (lo, mid) if ok else (mid, hi)
-            self._accepted_min = hi
-        return self._accepted_min
-
-    def _refuse(self, budget: float):
-        need = self.min_budget
-        up = f"{math.ceil(need * 100) / 100:.2f}"  # accepted: every budget >= need
-        raise BudgetUnreachableError(
-            f"budget {budget:.4g} ms is below the smallest {up} ms that the reference table {self.reference.name} "
-            f"covers (pruning rates up to {self.reference.max_rate:g}, blocks only; no extrapolation beyond the table): "
-            f"raise --budget-ms to at least {up}", need)
-
-    def solve(self, budget: float):
-        if not np.isfinite(budget) or budget <= 0:
-            return super().solve(budget)  # raises the usual ValueError
-        if budget < self.exact_min_ms():
-            self._refuse(budget)
-        try:
-            schedule = super().solve(budget)
-        except BudgetUnreachableError:
-            self._refuse(budget)
-        if not self._is_covered(schedule.candidates):
-            self._refuse(budget)
-        return schedule
-
-    def _schedule(self, indices, budget, total, loss):
-        s = super()._schedule(indices, budget, total, loss)
-        t = self.reference
-        s.meta["latency_table"] = {"reference": t.name, "source": t.citation(), "interpolation": "linear in pruning rate",
-                                   "coverage": [float(t.rates[0]), t.max_rate], "scope": "blocks only"}
-        return s
-
-    def explain(self, schedule) -> list:
-        """Lines: per block, the tokens it receives, its pruning rate and interpolated latency, and
-        the selector chosen inside it (candidate, threshold, mean kept patch tokens)."""
-        t, cal = self.reference, self.calibration
-        p, N, L = int(t.model["num_prefix"]), t.num_tokens, cal.kept.shape[0]
-        if self.mode == "capacity":  # exact K_l patch tokens: one "image"
-            kept_of = lambda l: np.array([self.capacities[schedule.candidates[l]]])  # noqa: E731
-        else:
-            kept_of = lambda l: cal.kept[l, schedule.candidates[l]]  # noqa: E731
-        lines = [f"schedule on reference table {t.name} ({t.citation()}): block latency interpolated linearly between "
-                 f"the rows at pruning rates {t.rates[0]:g}..{t.max_rate:g}",
-                 f"{'block':>5} {'tokens in':>9} {'rate':>6} {'block ms':>9}   {'candidate':>9} {'selector':>10} {'kept patches':>12}"]
-        for l in range(L):
-            n_in = np.array([N]) if l == 0 else kept_of(l - 1) + p
-            ms = float(t.block_latency(n_in).mean())
-            m = schedule.candidates[l]
-            if self.mode == "capacity":
-                thr = "-" if schedule.capacities[l] is None else f"K={schedule.capacities[l]}"
-            else:
-                thr = "-" if schedule.thresholds[l] is None else f"{schedule.thresholds[l]:.4g}"
-            lines.append(f"{l + 1:>5} {n_in.mean():>9.1f} {float(t.rate(n_in).mean()):>6.3f} {ms:>9.3f}   {m:>9} "
-                         f"{thr:>10} {schedule.predicted_kept[l]:>12.1f}")
-        lines.append(f"{'sum':>5} {'':>9} {'':>6} {schedule.predicted:>9.3f}   (budget {schedule.budget:g} ms; unpruned "
-                     f"{self.full:.3f} ms)")
-        return lines
