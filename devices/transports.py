@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from vitedge.devices.base import DeviceError
+from vitedge.errors import DeviceFailure
 
 
-class TransportError(DeviceError):
-    """The device could not be reached, or the link to it failed (one-line message)."""
+class TransportError(DeviceFailure, DeviceError):
+    """The device could not be reached, or the link to it failed (one-line message naming the host; exit 4)."""
 
 
 class HostKeyError(TransportError):

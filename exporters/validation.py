@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from vitedge.data.digits import ImageSet
+from vitedge.errors import ExportValidationError
 from vitedge.exporters.onnx import ExportError
 from vitedge.models.adapter import PrunableViT
 
 DEFAULT_ATOL = 1e-4  # float32 logits; measured differences are ~1e-6
 
 
-class ParityError(ExportError):
+class ParityError(ExportValidationError, ExportError):
     """The exported model disagrees with PyTorch (names, shapes, values, kept tokens or top-1)."""
 
 

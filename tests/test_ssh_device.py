@@ -133,7 +133,7 @@ def test_wrong_host_key_is_refused(sshd, tmp_path, ckpt):
     assert kh.read_text() == before  # never accepted, never rewritten
     r = invoke("profile", "--checkpoint", ckpt, *QUICK, *sshd.cli_options(kh), "--cache-dir", str(tmp_path / "c"),
                "-o", str(tmp_path / "t.json"))
-    one_line_error(r, 2, "host key", "CHANGED", "ssh-keygen -R")
+    one_line_error(r, 4, "host key", "CHANGED", "ssh-keygen -R")  # a device failure, not bad input
     assert not (tmp_path / "t.json").exists()
 
 
@@ -387,3 +387,24 @@ def test_export_tflite_over_ssh_runs_the_closed_loop(sshd, known_hosts, ckpt, tm
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["rounds"] and all(x["measured_ms"] > 0 for x in rep["rounds"])
     assert (tmp_path / "o" / "model.tflite").is_file()
+
+
+def test_cli_dropped_link_mid_profile_exits_4(sshd, known_hosts, ckpt, tmp_path):
+    """The ssh client killed while `vitedge profile` streams: exit 4 (device failure, naming the host), not 2."""
+    partial = tmp_path / "t.json.partial.jsonl"
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("r", invoke(
+        "profile", "--checkpoint", ckpt, *QUICK, *sshd.cli_options(known_hosts), "--cache-dir", str(tmp_path / "c"),
+        "-o", str(tmp_path / "t.json"))))
+    worker.start()
+    deadline, killed = time.time() + 120, []
+    while not killed and time.time() < deadline and worker.is_alive():
+        if any(len(p.read_text().splitlines()) > 3 for p in tmp_path.rglob("*.partial.jsonl")):
+            for pid in children(os.getpid(), "ssh"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.005)
+    worker.join(180)
+    assert killed, "the profile ended before the connection could be dropped"
+    one_line_error(box["r"], 4, "127.0.0.1")
+    assert not (tmp_path / "t.json").exists() and partial is not None

@@ -1,9 +1,11 @@
 """``vitedge`` command line: thin wrappers over the library. Errors: one line on stderr, exit 2
-(bad input), 1 (budget not met after the closed loop), 3 (runtime missing)."""
+(bad input), 1 (budget not met after the closed loop), 3 (runtime missing), 4 (device or link failure),
+5 (export validation failure; :mod:`vitedge.errors`); any other exception is a bug: traceback, exit 70."""
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +33,7 @@ def _handle_errors(fn):
         from ..profiling import ProfileError
         from ..schedule import ScheduleError
         from ..search import BudgetUnreachableError
+        from ..errors import VitedgeError
         from ..tables.latency import LatencyTableError
 
         try:
@@ -39,10 +42,45 @@ def _handle_errors(fn):
             _fail(" ".join(str(e).split()), 3)
         except BudgetNotMetError as e:
             _fail(str(e), 1)
+        except VitedgeError as e:  # vitedge.errors: 2 bad input, 3 missing extra, 4 device, 5 export validation
+            _fail(" ".join(str(e).split()), e.exit_code)
         except (ModelLoadError, UnsupportedModelError, ImageSetError, CalibrationError, LatencyTableError,
-                ScheduleError, BudgetUnreachableError, DeviceError, PlanError, ExportError, ProfileError, ValueError) as e:
+                ScheduleError, BudgetUnreachableError, DeviceError, PlanError, ExportError, ProfileError) as e:
             _fail(" ".join(str(e).split()))
+        except ValueError as e:
+            if not _raised_by_vitedge(e):  # e.g. numpy or torch rejecting what vitedge handed them: a bug
+                _bug(e)
+            _fail(" ".join(str(e).split()))  # a bad argument, named by vitedge's own check
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - anything else is a bug
+            _bug(e)
     return wrapper
+
+
+BUG_EXIT = 70  # sysexits EX_SOFTWARE: an internal error (distinct from every documented code)
+
+
+def _raised_by_vitedge(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e`` is vitedge's own code (vitedge, vitedge.exporters, vitedge.devices)."""
+    import traceback
+
+    import vitedge
+    from .. import devices, exporters
+
+    roots = [str(Path(p).resolve()) for p in (*vitedge.__path__, *exporters.__path__, *devices.__path__)]
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and any(str(Path(frames[-1].filename).resolve()).startswith(r + os.sep) for r in roots)
+
+
+def _bug(e: BaseException):
+    """An unexpected error: its traceback, one line asking for a report, exit :data:`BUG_EXIT`."""
+    import traceback
+
+    click.echo("".join(traceback.format_exception(e)).rstrip(), err=True)
+    click.echo(f"error: internal error ({type(e).__name__}): this is a bug in vitedge, please report it with the "
+               "traceback above", err=True)
+    sys.exit(BUG_EXIT)
 
 
 def model_options(fn):
