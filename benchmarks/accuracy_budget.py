@@ -168,7 +168,7 @@ def fmt_cell(c) -> str:
 def markdown(data: dict) -> str:
     env = data["environment"]
     lines = [f"# Accuracy at measured budgets ({data['name']})", "",
-             f"Command: `{env['command']}`. CPU: {env.get('cpu', '?')}, {data['threads']} runtime thread(s), torch {env['torch']}, "
+             f"Command: `{env['command']}`. CPU: {env.get('cpu_model', '?')} (affinity {env.get('cpu_affinity')}), {data['threads']} runtime thread(s), torch {env['torch']}, "
              f"load average at the end {env['load_average_1_5_15min']}. Model: {data['model']}. Test: digits test split "
              f"({data['test_images']} images, held out). Each cell: test top-1 % (measured median ms). vitedge and Fisher are "
              "`vitedge export` runs (closed loop); baselines are the member with the best calibration accuracy whose "
