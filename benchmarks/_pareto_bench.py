@@ -16,7 +16,7 @@ from _tome import evaluate_tome, tome_forward, tome_max_r
 from vitedge.context import Context
 from vitedge.devices.runner import measure, open_session
 from vitedge.evaluate import evaluate_pruned, predict_unpruned
-from vitedge.pipeline import Artifact
+from vitedge.exporters.registry import get_exporter
 from vitedge.search import BudgetUnreachableError
 from vitedge.search.planner import Planner
 
@@ -200,7 +200,7 @@ class RuntimeBench:
 
     def __init__(self, ctx: Context, runtime: str, work: Path, test, ref_top1: np.ndarray, args):
         self.ctx, self.runtime, self.work, self.test, self.ref_top1, self.args = ctx, runtime, work, test, ref_top1, args
-        self.art = Artifact(ctx.format)
+        self.art = get_exporter(ctx.format)
         self.artifacts: dict[tuple, dict] = {}
         self.points: dict[str, list[tuple[Cand, dict]]] = {}
 

@@ -35,7 +35,8 @@ from _common import RESULTS, environment, md_table, save_plot, write_results
 from _methods import constant_capacities
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
-from vitedge.pipeline import Artifact, BudgetNotMetError, run_export
+from vitedge.exporters.registry import get_exporter
+from vitedge.pipeline import BudgetNotMetError, run_export
 from vitedge.quality import QualityEvaluator
 from vitedge.search import BudgetUnreachableError
 from vitedge.search.planner import Planner
@@ -69,7 +70,7 @@ def baselines(ctx: Context, cal, table, work: Path, test_ev: QualityEvaluator, c
                 members.append(("flops_viterbi", {"flops": float(f)}, "threshold", s.thresholds))
     if ctx.format == "tflite":
         members = [m for m in members if m[2] == "capacity"]
-    art = Artifact(ctx.format)
+    art = get_exporter(ctx.format)
     rows = []
     for i, (family, param, mode, values) in enumerate(members):
         (model.set_capacities if mode == "capacity" else model.set_thresholds)(values)
@@ -102,7 +103,7 @@ def run_config(name: str, args, work: Path, test) -> dict:
     model = ctx.model
     cal, table = ctx.calibration(), ctx.latency_table()
     test_ev, calib_ev = QualityEvaluator(model, test), QualityEvaluator(model, ctx.images)
-    art = Artifact(fmt)
+    art = get_exporter(fmt)
     art.export(model, work / f"unpruned{art.suffix}", pruned=False)
     unpruned = ctx.device.measure_model(work / f"unpruned{art.suffix}", ctx.feeds(), name="unpruned")["median_ms"]
     log(f"{name}: unpruned {unpruned:.3f} ms, test top-1 {100 * test_ev.unpruned_accuracy:.1f} %")

@@ -24,7 +24,8 @@ from _common import RESULTS, environment, md_table, save_plot, write_results
 from _methods import constant_top_k, top_k_at  # shared with pareto.py
 from vitedge.context import Context, MeasureConfig, Options
 from vitedge.models.reference import REFERENCE_NAME
-from vitedge.pipeline import Artifact, BudgetNotMetError, run_export
+from vitedge.exporters.registry import get_exporter
+from vitedge.pipeline import BudgetNotMetError, run_export
 from vitedge.search import BudgetUnreachableError
 
 
@@ -38,7 +39,7 @@ def run_model(name: str, args, work: Path) -> dict:
     ctx = Context(opts, log=lambda m: print(f"[{name}] {m}", flush=True))
     ctx.calibration()
     table = ctx.latency_table()
-    art = Artifact(ctx.format)
+    art = get_exporter(ctx.format)
     art.export(ctx.model, work / f"{name}-unpruned{art.suffix}", pruned=False)
     unpruned = ctx.device.measure_model(work / f"{name}-unpruned{art.suffix}", ctx.feeds())["median_ms"]
     print(f"[{name}] unpruned {unpruned:.3f} ms", flush=True)

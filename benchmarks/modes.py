@@ -27,7 +27,8 @@ from _common import RESULTS, environment, interleaved_ab, md_table, save_plot, w
 from vitedge.context import Context, MeasureConfig, Options
 from vitedge.devices.runner import open_session
 from vitedge.models.reference import REFERENCE_NAME
-from vitedge.pipeline import Artifact, BudgetNotMetError, run_export
+from vitedge.exporters.registry import get_exporter
+from vitedge.pipeline import BudgetNotMetError, run_export
 from vitedge.plots import plot_table
 from vitedge.search import BudgetUnreachableError
 
@@ -44,7 +45,7 @@ def _ctx(name, args, work, **kw) -> Context:
 
 
 def _unpruned(ctx: Context, work: Path) -> float:
-    art = Artifact(ctx.format)
+    art = get_exporter(ctx.format)
     path = work / f"unpruned-{ctx.model_hash}-{ctx.format}{art.suffix}"
     if not path.exists():
         art.export(ctx.model, path, pruned=False)
@@ -72,7 +73,7 @@ OVERHEAD_VARIANTS = {  # name -> K_l per block, from P and L
 
 def capacity_overhead(ctx_lit: Context, work: Path, rounds: int, quick: bool) -> dict:
     """Capacity schedules that prune (almost) nothing vs unpruned, both TFLite, interleaved A/B in LiteRT."""
-    model, art = ctx_lit.model, Artifact("tflite")
+    model, art = ctx_lit.model, get_exporter("tflite")
     a_path = work / f"ovh_unpruned-{ctx_lit.model_hash}.tflite"
     art.export(model, a_path, pruned=False)
     threads = ctx_lit.device.threads

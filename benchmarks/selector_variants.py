@@ -31,7 +31,7 @@ from _common import RESULTS, environment, interleaved_ab, md_table, save_plot, w
 from vitedge.context import Context, Options
 from vitedge.devices.runner import MeasureConfig, open_session
 from vitedge.models import adapter, pruning
-from vitedge.pipeline import Artifact
+from vitedge.exporters.registry import get_exporter
 
 
 def token_order_gather(scores: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def run(args, work: Path) -> dict:
     x = torch.from_numpy(np.ascontiguousarray(ctx.images.images[:4]))
     out = {"model": args.model or "vitedge-digits-vit", "capacities": caps, "threads": ctx.device.threads, "runtimes": {}}
     for runtime, names in VARIANTS.items():
-        art = Artifact("onnx" if runtime == "onnxruntime" else "tflite")
+        art = get_exporter("onnx" if runtime == "onnxruntime" else "tflite")
         a_path = work / f"unpruned-{runtime}{art.suffix}"
         art.export(model, a_path, pruned=False)
         a = open_session(runtime, str(a_path), ctx.device.threads)

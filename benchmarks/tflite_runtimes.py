@@ -6,7 +6,7 @@
 
 For each model (the reference ``vitedge-digits-vit`` with its shipped weights; timm names with seeded
 **random weights**, labelled so) two files are exported with vitedge's own TFLite path
-(``Artifact("tflite")``: litert-torch, op audit, XNNPACK count): the unpruned model, and capacity mode
+(``get_exporter("tflite")``: litert-torch, op audit, XNNPACK count): the unpruned model, and capacity mode
 keeping K = round(``--keep`` x P) patch tokens from block 1 on (block 0 keeps all P).
 
 Both interpreters run the same files through the on-device runner (``devices/runner.py``, runtime
@@ -106,9 +106,9 @@ def torch_reference(model, images: np.ndarray, pruned: bool) -> dict:
 
 def export_variants(name: str, args, work: Path) -> list[dict]:
     """Export the unpruned and capacity files of ``name``; their PyTorch references and input files."""
-    from vitedge.pipeline import Artifact
+    from vitedge.exporters.registry import get_exporter
 
-    model, art = load_model(name), Artifact("tflite")
+    model, art = load_model(name), get_exporter("tflite")
     images, labels = load_images(model, name, args.images)
     caps = capacity_schedule(model, args.keep)
     out = []

@@ -349,8 +349,7 @@ def profile(model=None, *, device: str = "local", out: str | os.PathLike | None 
     if partial is not None and not resume:
         refuse_existing(Path(partial))  # an interrupted profile's points are never thrown away silently
     ctx = _context(model, options, device=device, log=log, profile_partial=partial, resume=bool(resume))
-    if ctx.table_device.runtime == "litert":
-        ctx.require_exporter()  # the parts are converted with litert-torch
+    ctx.require_profiler()  # LiteRT parts are converted with litert-torch: missing -> one line, before any work
     table = ctx.latency_table()
     if out is not None:
         table.save(out)

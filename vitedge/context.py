@@ -12,7 +12,8 @@ from .calibration import Calibration, CalibrationError, calibrate
 from .data.digits import ImageSet, digits_split
 from .data.images import image_set_hash, load_image_folder, resolve_images
 from .devices import Device, MeasureConfig, get_device
-from .devices.runtimes import FORMAT_RUNTIME, runtime_format
+from .devices.runtimes import FORMAT_RUNTIME, has_dynamic_shapes, profile_format, runtime_format
+from .exporters.registry import Exporter, get_exporter
 from .models.adapter import PrunableViT
 from .models.loading import load_prunable, model_hash
 from .models.reference import REFERENCE_NAME
@@ -63,9 +64,6 @@ def _protocol_tag(cfg: MeasureConfig) -> str:
     return f"w{cfg.warmup}r{cfg.min_runs}s{cfg.min_time_s:g}"
 
 
-TFLITE_CONVERTERS = ("litert-torch", "onnx2tf")
-
-
 def _planned_runtime(opts: Options) -> str | None:
     """The runtime the device will use, known without reaching it: --runtime, else the preset's or URL's."""
     if opts.runtime is not None:
@@ -82,21 +80,20 @@ def _planned_runtime(opts: Options) -> str | None:
 
 
 def check_format_mode(fmt: str | None, mode: str | None, converter: str) -> None:
-    """Refuse combinations no converter or runtime supports (``fmt``/``mode`` None: not known yet).
+    """Refuse combinations no exporter supports (``fmt``/``mode`` None: not known yet); ``converter`` is the
+    TFLite converter (the exporter registry's entries and the modes each exports).
 
     Raises:
         ValueError: threshold mode in TFLite without onnx2tf; onnx2tf outside TFLite or with capacity mode.
     """
-    if converter not in TFLITE_CONVERTERS:
-        raise ValueError(f"unknown TFLite converter {converter!r}: use {' or '.join(TFLITE_CONVERTERS)}")
-    if converter == "onnx2tf":
-        if fmt == "onnx":
-            raise ValueError("--tflite-converter onnx2tf converts to TFLite: use it with --format tflite (or a LiteRT device)")
-        if mode == "capacity":
-            raise ValueError("--tflite-converter onnx2tf is for threshold mode (it has mis-converted capacity graphs): "
-                             "capacity mode uses the default litert-torch, drop --tflite-converter")
-    elif mode == "threshold" and fmt == "tflite":
-        raise ValueError(THRESHOLD_TFLITE)
+    route = get_exporter("tflite", converter)  # an unknown converter: one line naming the choices
+    if not route.default:  # a converter named on purpose: it writes TFLite, in its own modes
+        if fmt not in (None, route.format):
+            raise ValueError(f"--tflite-converter {converter} converts to TFLite: use it with --format tflite (or a LiteRT device)")
+        if mode is not None and mode not in route.modes:
+            raise ValueError(route.refusal)
+    elif fmt == route.format and mode is not None and mode not in route.modes:
+        raise ValueError(route.refusal)
 
 
 def resolve_mode(opts: Options) -> None:
@@ -111,8 +108,8 @@ def resolve_mode(opts: Options) -> None:
             threshold mode with TFLite without ``--tflite-converter onnx2tf`` (NonZero: a dynamic
             token count, which litert-torch cannot convert and delegates reject).
     """
-    if opts.format is not None and opts.format not in FORMAT_RUNTIME:
-        raise ValueError(f"unknown format {opts.format!r}: use onnx or tflite")
+    if opts.format is not None:
+        get_exporter(opts.format)  # an unknown format: one line naming the choices
     if opts.mode is not None and opts.mode not in ("threshold", "capacity"):
         raise ValueError(f"unknown mode {opts.mode!r}: use threshold or capacity")
     if opts.format is not None:
@@ -122,11 +119,6 @@ def resolve_mode(opts: Options) -> None:
             raise ValueError(f"runtime {opts.runtime} does not run {opts.format} files: use --runtime {FORMAT_RUNTIME[opts.format]}")
     fmt = opts.format or runtime_format(_planned_runtime(opts))
     check_format_mode(fmt, opts.mode, opts.tflite_converter)
-
-
-THRESHOLD_TFLITE = ("threshold mode has a dynamic token count (NonZero), which litert-torch cannot convert and TFLite "
-                    "delegates (XNNPACK, GPU, NNAPI) reject: use --mode capacity, or --tflite-converter onnx2tf "
-                    "(pip install 'vitedge[onnx2tf]'; runs on LiteRT's reference kernels where delegates refuse it)")
 
 
 class Context:
@@ -201,7 +193,7 @@ class Context:
         """Pruning mode: --mode, else threshold for ONNX (and for TFLite through onnx2tf), capacity for
         TFLite. Raises ValueError for threshold mode on a static-shape runtime without onnx2tf."""
         fmt, conv = self.format, self.opts.tflite_converter
-        mode = self.opts.mode or ("capacity" if fmt == "tflite" and conv != "onnx2tf" else "threshold")
+        mode = self.opts.mode or get_exporter(fmt, self.tflite_converter).modes[0]
         check_format_mode(fmt, mode, conv)
         return mode
 
@@ -210,26 +202,35 @@ class Context:
         """The TFLite converter ("litert-torch" or "onnx2tf"); None for ONNX."""
         return self.opts.tflite_converter if self.format == "tflite" else None
 
+    @property
+    def exporter(self) -> Exporter:
+        """The export route (format and converter) in the exporter registry; refuses an impossible
+        format/mode/converter first."""
+        self.mode  # noqa: B018
+        return get_exporter(self.format, self.tflite_converter)
+
     def require_exporter(self) -> None:
         """Check, before any work, that the export route's packages are there.
 
         Raises:
             TFLiteUnavailableError: litert-torch (``vitedge[tflite]``) or onnx2tf (``vitedge[onnx2tf]``) missing.
         """
-        if self.format != "tflite":
-            return
-        self.mode  # noqa: B018 - refuses an impossible format/mode/converter first
-        if self.tflite_converter == "onnx2tf":
-            from .exporters.onnx2tf import find_onnx2tf
+        self.exporter.require()
 
-            find_onnx2tf()
-        else:
-            import importlib.util
+    def require_profiler(self) -> None:
+        """Check, before any work, that the exporter of the table device's part files is there (LiteRT parts
+        are converted with litert-torch: missing -> one line)."""
+        fmt = profile_format(self.table_device.runtime)
+        if fmt is not None:
+            get_exporter(fmt).require()
 
-            from .exporters.tflite import EXTRA_HINT, TFLiteUnavailableError
-
-            if importlib.util.find_spec("litert_torch") is None:
-                raise TFLiteUnavailableError(f"TFLite export needs litert-torch: {EXTRA_HINT}")
+    @property
+    def profiled_apart(self) -> bool:
+        """True when the exported model has dynamic shapes that its format's runtime cannot profile
+        (threshold mode in TFLite through onnx2tf): its table is profiled with ONNX Runtime."""
+        if has_dynamic_shapes(FORMAT_RUNTIME[self.format]):
+            return False
+        return not self.exporter.static_shapes
 
     @property
     def table_device(self) -> Device:
@@ -237,7 +238,7 @@ class Context:
         mode in TFLite (onnx2tf), whose parts have dynamic token counts that LiteRT's static
         per-n signatures cannot time: that table is measured with ONNX Runtime on the same device
         (the same NonZero graphs), and the closed loop measures the .tflite in LiteRT."""
-        if self.format == "tflite" and self.mode == "threshold":
+        if self.profiled_apart:
             if self._table_device is None:
                 o = self.opts
                 self._table_device = get_device(o.device, runtime="onnxruntime", threads=o.threads,

@@ -16,9 +16,8 @@ import numpy as np
 
 from .context import Context
 from .evaluate import evaluate_schedule, predict_unpruned
-from .exporters.graphs import PrunedModelGraph, UnprunedModelGraph, export_pruned, export_unpruned
-from .exporters.onnx import audit_ops, file_sha256
-from .exporters.validation import check_parity
+from .exporters.onnx import file_sha256
+from .exporters.registry import get_exporter
 from .io import atomic_path, atomic_write_json
 from .schedule import Schedule
 from .search import BudgetUnreachableError
@@ -109,63 +108,29 @@ def pick_for_accuracy(search, budget_ms: float | None, max_drop: float) -> Sched
 
 
 class Artifact:
-    """How a format is exported, audited and checked against PyTorch.
+    """An export route (an entry of :mod:`vitedge.exporters.registry`) and the log of its conversions.
 
-    ``converter`` (TFLite only): "litert-torch" (static shapes: capacity mode or no pruning) or
-    "onnx2tf" (threshold mode: ONNX at opset 20, converted by the onnx2tf CLI and checked against
-    that ONNX file on ``feeds`` before it is kept; see :mod:`vitedge.exporters.onnx2tf`).
+    ``converter`` (TFLite only): "litert-torch" (the default) or "onnx2tf", whose files are checked
+    against the ONNX file on ``feeds`` before they are kept; each such check is logged in ``conversions``.
     """
 
     def __init__(self, fmt: str, converter: str | None = None, feeds: list | None = None):
-        self.fmt, self.suffix = fmt, "." + fmt
-        self.converter = (converter or "litert-torch") if fmt == "tflite" else None
+        self.exporter = get_exporter(fmt, converter)
+        self.fmt, self.suffix, self.converter = fmt, self.exporter.suffix, self.exporter.converter
         self.feeds = feeds
         self.conversions: list[dict] = []  # onnx2tf: seconds and parity of each conversion
 
     def export(self, model, path, *, pruned: bool = True) -> None:
-        if self.fmt == "onnx":
-            (export_pruned if pruned else export_unpruned)(model, path)
-            return
-        if self.converter == "onnx2tf":
-            from .exporters.onnx2tf import ONNX2TF_OPSET, export_tflite_onnx2tf
-
-            with tempfile.TemporaryDirectory(prefix="vitedge-onnx-") as tmp:
-                onnx_path = Path(tmp) / "model.onnx"
-                (export_pruned if pruned else export_unpruned)(model, onnx_path, opset=ONNX2TF_OPSET)
-                res = export_tflite_onnx2tf(onnx_path, path, feeds=self.feeds)
-            self.conversions.append({"file": Path(path).name, "convert_seconds": res.convert_seconds,
-                                     "parity_vs_onnx": res.parity})
-            return
-        import torch
-
-        from .exporters.tflite import export_tflite
-
-        graph = (PrunedModelGraph if pruned else UnprunedModelGraph)(model).eval()
-        export_tflite(graph, (torch.zeros(1, *model.input_size),), path)
+        record = self.exporter.export(model, path, pruned=pruned, feeds=self.feeds)
+        if record is not None:
+            self.conversions.append(record)
 
     def audit(self, path) -> dict:
         """{"op_types": {...}} plus, for TFLite, the XNNPACK delegation."""
-        if self.fmt == "onnx":
-            import onnx
-
-            return {"op_types": audit_ops(onnx.load(str(path)))}
-        from .exporters.tflite import audit_tflite, xnnpack_delegation
-
-        return {"op_types": audit_tflite(path), "xnnpack": xnnpack_delegation(path).to_dict()}
+        return self.exporter.audit(path)
 
     def parity(self, model, path, images) -> dict:
-        if self.fmt == "onnx":
-            return check_parity(model, path, images, limit=64).to_dict()
-        from .exporters.tflite import check_parity_tflite
-
-        out = check_parity_tflite(model, path, images, limit=32).to_dict()
-        try:
-            import tflite_runtime  # noqa: F401  (what Raspberry Pi users install)
-        except ImportError:
-            out["tflite_runtime"] = "not installed"
-        else:
-            out["tflite_runtime"] = check_parity_tflite(model, path, images, limit=8, runtime="tflite-runtime").to_dict()
-        return out
+        return self.exporter.parity(model, path, images)
 
 
 def _measurement_summary(m: dict) -> dict:
@@ -276,9 +241,10 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
     model = ctx.model
     ctx.require_exporter()  # a missing converter is reported before calibrating and profiling
     mode = ctx.mode
-    artifact = Artifact(ctx.format, ctx.tflite_converter, feeds=ctx.feeds(8) if ctx.tflite_converter == "onnx2tf" else None)
+    feeds = ctx.exporter.feeds
+    artifact = Artifact(ctx.format, ctx.tflite_converter, feeds=ctx.feeds(feeds) if feeds else None)
     notes: list[str] = []
-    if artifact.converter == "onnx2tf":
+    if ctx.profiled_apart:
         notes.append("threshold mode in TFLite through onnx2tf: the token count is dynamic inside the model; the "
                      "selection ops (WHERE, GATHER, SHAPE, ...) run on LiteRT's reference kernels, delegates that need "
                      "static shapes (GPU, NNAPI, NPUs) reject the dynamic-shaped nodes, XNNPACK's coverage is in 'xnnpack'; "

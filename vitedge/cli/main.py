@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..context import Context, Options
+from ..exporters.registry import converters, formats
 
 
 def _fail(msg: str, code: int = 2):
@@ -114,11 +115,11 @@ def model_options(fn):
         click.option("--warmup", type=click.IntRange(min=0), default=None, help="untimed runs before timing (default: 5 per profile point, 10 per model)."),
         click.option("--runs", type=click.IntRange(min=1), default=None, help="at least this many timed runs (default: 20 per point, 50 per model)."),
         click.option("--min-time", type=click.FloatRange(min=0), default=None, help="and at least this many timed seconds (default: 0.05 per point, 0.5 per model)."),
-        click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
+        click.option("--format", "fmt", type=click.Choice(formats()), default=None,
                      help="export format (default: the runtime's: onnxruntime -> onnx, litert -> tflite)."),
         click.option("--mode", type=click.Choice(["threshold", "capacity"]), default=None,
                      help="pruning: threshold (NonZero, dynamic count) or capacity (exactly K_l tokens, static shapes). Default: capacity for tflite, threshold for onnx."),
-        click.option("--tflite-converter", type=click.Choice(["litert-torch", "onnx2tf"]), default="litert-torch",
+        click.option("--tflite-converter", type=click.Choice(converters("tflite")), default="litert-torch",
                      show_default=True,
                      help="TFLite route: litert-torch (static shapes) or onnx2tf (threshold mode only; needs "
                           "vitedge[onnx2tf] or $VITEDGE_ONNX2TF; every file parity-checked; dynamic shapes run on "
@@ -224,8 +225,7 @@ def profile(output, resume, **kw):
     if not resume:
         refuse_existing(partial_path(output))  # an interrupted profile's points are never thrown away silently
     ctx = Context(_options(kw, profile_partial=str(partial_path(output)), resume=resume), log=_log)
-    if ctx.table_device.runtime == "litert":
-        ctx.require_exporter()  # the parts are converted with litert-torch: missing -> one line, before any work
+    ctx.require_profiler()  # LiteRT parts are converted with litert-torch: missing -> one line, before any work
     table = ctx.latency_table()
     table.save(output)
     N = table.num_tokens
