@@ -375,10 +375,7 @@ def search(model=None, budget_ms: float | None = None, *, images=None, labels=No
     Returns:
         :class:`~vitedge.schedule.Schedule`.
     """
-    from .pipeline import make_search, pick_for_accuracy
-    from .search.planner import Planner
-    from .search.reference import ReferencePlanner
-    from .tables.reference import ReferenceTable
+    from .pipeline import choose_schedule
 
     if budget_flops is not None and (budget_ms is not None or max_accuracy_drop is not None):
         raise ValueError("budget_flops= is RCTP's FLOPs search: give it alone, or use budget_ms= / max_accuracy_drop=")
@@ -388,24 +385,9 @@ def search(model=None, budget_ms: float | None = None, *, images=None, labels=No
     _amount("budget_flops", budget_flops)
     _amount("max_accuracy_drop", max_accuracy_drop, zero=True)
     ctx = _context(model, options, device=device, images=images, labels=labels, log=log)
-    # the table first (a paper's reference table is checked before calibrating)
-    table = (ctx.latency_table(_file_arg("latency_table", latency_table), allow_reference=True)
-             if budget_flops is None else None)
-    cal = ctx.calibration(_file_arg("calibration", calibration))
-    if budget_flops is not None:
-        schedule = Planner(cal, "flops").solve(budget_flops)
-    elif isinstance(table, ReferenceTable):  # a paper's reference table: its own planner, Fisher objective
-        if max_accuracy_drop is not None:
-            raise ValueError("max_accuracy_drop= measures the pruned model on your device's table: not with a paper's reference table")
-        planner = ReferencePlanner(cal, table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
-                                   package_token=ctx.model.package_token)
-        schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
-    else:
-        planner, _ = make_search(ctx, cal, table, log=ctx.log)
-        if max_accuracy_drop is not None:
-            schedule = pick_for_accuracy(planner, budget_ms, max_accuracy_drop)
-        else:
-            schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
+    schedule, _ = choose_schedule(ctx, budget_ms=budget_ms, budget_flops=budget_flops, max_accuracy_drop=max_accuracy_drop,
+                                  calibration_path=_file_arg("calibration", calibration),
+                                  table_path=_file_arg("latency_table", latency_table), log=ctx.log)
     if out is not None:
         schedule.save(out)
     return schedule

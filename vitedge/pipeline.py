@@ -73,6 +73,39 @@ def make_search(ctx: Context, cal, table, *, log=print):
     return ctx.searches[key]
 
 
+def choose_schedule(ctx: Context, *, budget_ms: float | None = None, budget_flops: float | None = None,
+                    max_accuracy_drop: float | None = None, calibration_path=None, table_path=None, log=print):
+    """The schedule ``vitedge search`` writes (CLI and Python API), without exporting or measuring it.
+
+    A latency budget and/or an accuracy drop use :func:`make_search` (the measured objective by default);
+    a paper's reference table (e.g. "zcu102-spvit-deit-s") its own Fisher planner; ``budget_flops`` RCTP's
+    FLOPs formulation (eq. (7)). Returns (schedule, the planner or search that chose it).
+
+    Raises:
+        ValueError: --max-accuracy-drop with a paper's reference table; plus the searches' and loaders' errors.
+    """
+    from .search.reference import ReferencePlanner
+    from .tables.reference import ReferenceTable
+
+    # the table first (a paper's reference table is checked before calibrating)
+    table = ctx.latency_table(table_path, allow_reference=True) if budget_flops is None else None
+    cal = ctx.calibration(calibration_path)
+    if budget_flops is not None:
+        planner = Planner(cal, "flops")
+        return planner.solve(budget_flops), planner
+    if isinstance(table, ReferenceTable):  # its own planner, Fisher objective
+        if max_accuracy_drop is not None:
+            raise ValueError("--max-accuracy-drop measures the pruned model against your device's table: "
+                             "not with a paper's reference table (profile the device, or drop the flag)")
+        planner = ReferencePlanner(cal, table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
+                                   package_token=ctx.model.package_token)
+    else:
+        planner, _ = make_search(ctx, cal, table, log=log)
+        if max_accuracy_drop is not None:
+            return pick_for_accuracy(planner, budget_ms, max_accuracy_drop), planner
+    return (planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)), planner
+
+
 def calibration_estimate(evaluator, schedule: Schedule) -> dict | None:
     """Measured quality of ``schedule`` on the calibration images (None without an evaluator)."""
     if evaluator is None:

@@ -250,36 +250,17 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, max_accu
     Latency budgets use the measured objective by default (best quality measured on the pruned model
     among Viterbi, single-cut and constant-rate candidates); --objective fisher is RCTP's eq. (7)-(8).
     """
-    from ..pipeline import make_search, pick_for_accuracy
-    from ..search.planner import Planner
-    from ..search.reference import ReferencePlanner
-    from ..tables.reference import ReferenceTable
+    from ..pipeline import choose_schedule
 
     if budget_flops is not None and (budget_ms is not None or max_accuracy_drop is not None):
         raise click.UsageError("--budget-flops is RCTP's FLOPs search: give it alone, or use --budget-ms / --max-accuracy-drop")
     if budget_flops is None and budget_ms is None and max_accuracy_drop is None:
         raise click.UsageError("give --budget-ms, --max-accuracy-drop (or both), or --budget-flops")
     ctx = Context(_search_options(_options(kw), kw), log=_log)
-    # the table first (a paper's reference table, e.g. zcu102-spvit-deit-s, is checked before calibrating)
-    table = ctx.latency_table(latency_table, allow_reference=True) if budget_flops is None else None
-    cal = ctx.calibration(calibration)
-    planner = None
-    if isinstance(table, ReferenceTable):  # a paper's reference table: its own planner, Fisher objective
-        if max_accuracy_drop is not None:
-            raise ValueError("--max-accuracy-drop measures the pruned model on your device's table: not with a paper's reference table")
-        planner = ReferencePlanner(cal, table, mode=ctx.mode, min_patch_tokens=ctx.model.min_patch_tokens,
-                                   package_token=ctx.model.package_token)
-        schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
-    elif budget_flops is None:
-        planner, _ = make_search(ctx, cal, table, log=_log)
-        if max_accuracy_drop is not None:
-            schedule = pick_for_accuracy(planner, budget_ms, max_accuracy_drop)
-        else:
-            schedule = planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)
-    else:
-        schedule = Planner(cal, "flops").solve(budget_flops)
+    schedule, planner = choose_schedule(ctx, budget_ms=budget_ms, budget_flops=budget_flops, max_accuracy_drop=max_accuracy_drop,
+                                        calibration_path=calibration, table_path=latency_table, log=_log)
     schedule.save(output)
-    unit = "ms" if budget_ms is not None else "of FLOPs"
+    unit = "of FLOPs" if budget_flops is not None else "ms"
     if hasattr(planner, "explain"):
         click.echo("\n".join(planner.explain(schedule)))
     quality = schedule.meta.get("calibration_quality")
