@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from vitedge.devices.base import file_sha256  # noqa: F401  (re-exported: vitedge.pipeline)
+from vitedge.errors import ExportValidationError
 from vitedge.io import atomic_path
 
 DEFAULT_OPSET = 18
@@ -25,8 +26,9 @@ class ExportError(RuntimeError):
     """Export or validation failed (one-line message)."""
 
 
-class OpAuditError(ExportError):
-    """The graph holds ops edge runtimes reject (TopK, sort-like, NMS, Unique, scatter, custom domains)."""
+class OpAuditError(ExportError, ExportValidationError):
+    """The graph holds ops edge runtimes reject (TopK, sort-like, NMS, Unique, scatter, custom domains): an
+    export validation failure (exit 5)."""
 
 
 def audit_ops(model) -> dict[str, int]:

@@ -9,8 +9,10 @@ from click.testing import CliRunner
 from vitedge.cli.main import BUG_EXIT, _handle_errors
 from vitedge.devices import ConnectionLostError, RuntimeMissingError
 from vitedge.errors import BadInput, DeviceFailure, ExportValidationError, MissingExtra
+from vitedge.exporters.onnx import OpAuditError
 from vitedge.exporters.validation import ParityError
 from vitedge.pipeline import BudgetNotMetError
+from vitedge.profiling import PartsFailedError
 
 
 def _run(exc):
@@ -41,6 +43,8 @@ def test_a_plain_value_error_from_a_vitedge_check_is_bad_input():
     (ConnectionLostError("ssh to pi@10.0.0.2 was killed (signal 9) while profiling"), 4),
     (ExportValidationError("ONNX and PyTorch disagree"), 5),
     (ParityError("kept tokens differ"), 5),
+    (OpAuditError("model.onnx holds TopK: edge runtimes reject it"), 5),
+    (PartsFailedError("3 of 259 parts failed on rpi4 (pi@10.0.0.2), e.g. attention_n64: segfault"), 4),
 ])
 def test_each_failure_class_has_its_exit_code(exc, code):
     r = _run(exc)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .devices import Device, DeviceError
 from .devices.runner import detect_drift
 from .devices.runtimes import has_dynamic_shapes, profile_format
+from .errors import DeviceFailure
 from .exporters.graphs import export_parts
 from .models.adapter import PrunableViT
 from .partial import PartialProfile, fingerprint
@@ -25,6 +26,10 @@ from .tables.latency import FIXED, PARTS, LatencyTable
 
 class ProfileError(RuntimeError):
     """A part could not be measured on the device."""
+
+
+class PartsFailedError(ProfileError, DeviceFailure):
+    """Parts failed while being measured on the device (exit 4); the message names the device."""
 
 
 def model_shape(model: PrunableViT) -> dict:
@@ -148,7 +153,7 @@ def profile(model: PrunableViT, device: Device, *, model_name: str = "", progres
     if failed:
         kept = f" (the {len(store.rows)} measured points are saved in {store.path}: --resume re-measures the rest)" \
             if store is not None and store.rows else ""
-        raise ProfileError(f"{len(failed)} of {len(result['points'])} parts failed on {device.name}, e.g. "
+        raise PartsFailedError(f"{len(failed)} of {len(result['points'])} parts failed on {device.name}, e.g. "
                            f"{failed[0]['name']}: {failed[0]['error']}{kept}")
     return table_from_result(model, device, result, tokens, model_name=model_name,
                              meta={"profile_seconds": round(time.time() - t0, 2), "export_seconds": round(export_s, 2),
