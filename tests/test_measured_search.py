@@ -61,6 +61,18 @@ def test_batched_quality_equals_batch1_forward(key, depth):
     assert model.thresholds == [None] * depth and model.capacities == [None] * depth  # configuration untouched
 
 
+def test_prefix_cache_is_bounded_and_does_not_change_results():
+    vit, _ = make_config("plain", depth=3)
+    model = PrunableViT(vit)
+    ims = image_set()
+    big, tiny = QualityEvaluator(model, ims), QualityEvaluator(model, ims, cache_mb=0.05)
+    for caps in ([12, 8, 4], [12, 8, 2], [12, 6, 2], [10, 6, 2]):  # shared prefixes
+        a, b = big.evaluate("capacity", caps), tiny.evaluate("capacity", caps)
+        assert np.array_equal(a.top1, b.top1) and np.array_equal(a.kept, b.kept) and a.kl == pytest.approx(b.kl)
+    assert 0 < tiny._state_bytes <= 0.05 * 2**20 < big._state_bytes
+    assert tiny._state_bytes == sum(n for _, n in tiny._states.values())
+
+
 def test_quality_metrics_and_cache():
     vit, _ = make_config("plain", depth=3)
     model = PrunableViT(vit)

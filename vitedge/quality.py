@@ -71,7 +71,8 @@ class QualityEvaluator:
         self.model, self.images, self.batch_size = model, images, int(batch_size)
         self.labels = images.labels
         self._cache_bytes = int(cache_mb * 2**20)
-        self._states: OrderedDict = OrderedDict()
+        self._states: OrderedDict = OrderedDict()  # prefix -> (chunks, bytes), least recently used first
+        self._state_bytes = 0
         self._results: dict = {}
         self.evaluations = 0
         x = torch.from_numpy(images.images)
@@ -162,19 +163,19 @@ class QualityEvaluator:
             hit = self._states.get((mode, values[:l]))
             if hit is not None:
                 self._states.move_to_end((mode, values[:l]))
-                return l, hit
+                return l, hit[0]
         P = self.model.num_patches
         return first, [(t, None, np.full((first, t.shape[0]), P, np.int64)) for t in self._inputs[first]]
 
     def _remember(self, key, chunks) -> None:
         size = sum(t.numel() * t.element_size() for t, _, _ in chunks)
-        if size > self._cache_bytes:
+        if size > self._cache_bytes or key in self._states:
             return
-        self._states[key] = chunks
-        total = sum(sum(t.numel() * t.element_size() for t, _, _ in c) for c in self._states.values())
-        while total > self._cache_bytes and self._states:
-            _, old = self._states.popitem(last=False)
-            total -= sum(t.numel() * t.element_size() for t, _, _ in old)
+        self._states[key] = (chunks, size)
+        self._state_bytes += size
+        while self._state_bytes > self._cache_bytes:
+            _, (_, old) = self._states.popitem(last=False)
+            self._state_bytes -= old
 
     def _block(self, l: int, mode: str, value, chunk):
         """One block on one chunk: (tokens (B, n, C), valid (B, n) bool or None, kept (l, B)) -> the same after block l."""

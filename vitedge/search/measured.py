@@ -156,7 +156,7 @@ class MeasuredSearch:
         self.cols = np.unique(np.round(np.linspace(1, M - 1, min(self.knobs.grid, M - 1))).astype(np.int64)) if M > 1 \
             else np.zeros(0, np.int64)
         self._families_done = False
-        self._refined: dict[float, Candidate] = {}
+        self._refined: set[float] = set()  # budgets already refined
         self.seconds = 0.0  # spent measuring candidates
 
     # -- candidates ------------------------------------------------------------------------------------
@@ -289,7 +289,8 @@ class MeasuredSearch:
                                          f"this device: raise --budget-ms to at least {_fmt_up(reach)}", reach)
         top = max(fit, key=Candidate.key)
         if budget not in self._refined:
-            self._refined[budget] = self._refine(top, lambda a, b: a.key() > b.key(), lambda c: c.predicted_ms <= budget)
+            self._refined.add(budget)
+            self._refine(top, lambda a, b: a.key() > b.key(), lambda c: c.predicted_ms <= budget)
         return max(self._fitting(budget), key=Candidate.key)
 
     def fastest_within(self, drop_points: float) -> Candidate:
