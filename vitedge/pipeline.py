@@ -329,7 +329,11 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
         audit = artifact.audit(path)
         with model.pruning(schedule):
             parity = artifact.parity(model, path, ctx.images)
-        calib_eval = evaluate_schedule(model, ctx.images, schedule)
+        if evaluator is not None and len(evaluator) == len(ctx.images):  # measured already (batched, cached)
+            values = schedule.capacities if schedule.mode == "capacity" else schedule.thresholds
+            kept = evaluator.evaluate(schedule.mode, values).kept
+        else:
+            kept = evaluate_schedule(model, ctx.images, schedule).kept
         accuracy = _accuracy(ctx, schedule)
         estimate = calibration_estimate(evaluator, schedule)
         if isinstance(search, MeasuredSearch):
@@ -343,10 +347,10 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
                          f"a budget of about {within.predicted_ms * scale:.3g} ms keeps it within 1 point "
                          f"(or use --max-accuracy-drop 1)")
             log(notes[-1])
-        predicted = (float(table.predict_ms(calib_eval.kept, np.array(schedule.selectors), mode=mode).mean())
+        predicted = (float(table.predict_ms(kept, np.array(schedule.selectors), mode=mode).mean())
                      if table is not None else unpruned["median_ms"])
         blocks = [{"block": l, "candidate": schedule.candidates[l], "threshold": schedule.thresholds[l],
-                   "capacity": schedule.capacities[l], "mean_kept_tokens": float(calib_eval.kept[l].mean()),
+                   "capacity": schedule.capacities[l], "mean_kept_tokens": float(kept[l].mean()),
                    "calibration_predicted_kept": schedule.predicted_kept[l]} for l in range(model.depth)]
         report = {
             "budget_ms": budget_ms, "budget_met": budget_ms is None or measured["median_ms"] <= budget_ms,
