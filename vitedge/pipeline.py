@@ -118,6 +118,16 @@ def calibration_estimate(evaluator, schedule: Schedule) -> dict | None:
             "drop_measure": "accuracy (labelled)" if q.accuracy is not None else "top-1 agreement with the unpruned model"}
 
 
+def large_drop_warning(estimate: dict | None, search, scale: float = 1.0, limit: float = 5.0) -> str | None:
+    """The summary's warning when the estimated drop exceeds ``limit`` points: it names the budget (ms, the
+    search's prediction times ``scale`` = measured / predicted) that keeps the drop within 1 point (90 % bound)."""
+    if estimate is None or estimate["drop_points"] <= limit or not isinstance(search, MeasuredSearch):
+        return None
+    within = search.fastest_within(1.0)
+    return (f"warning: estimated accuracy drop {estimate['drop_points']:.1f} points on the calibration images; "
+            f"a budget of about {within.predicted_ms * scale:.3g} ms keeps it within 1 point (or use --max-accuracy-drop 1)")
+
+
 def pick_for_accuracy(search, budget_ms: float | None, max_drop: float) -> Schedule:
     """The fastest schedule (predicted) within ``max_drop`` points (one-sided 90 % bound on the calibration
     images); with a budget, the most accurate within it, whose bound must keep the drop.
@@ -340,13 +350,10 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
             log(f"search: {len(search.candidates)} schedules measured on {len(evaluator)} calibration images in {search.seconds:.1f} s")
         if estimate is not None and accuracy.get("available"):
             accuracy["calibration_to_eval_gap_points"] = estimate["drop_points"] - 100.0 * (accuracy["unpruned"] - accuracy["pruned"])
-        if estimate is not None and estimate["drop_points"] > 5.0 and isinstance(search, MeasuredSearch):  # 1 point: with 90 % confidence
-            within = search.fastest_within(1.0)
-            scale = measured["median_ms"] / schedule.predicted if schedule.predicted > 0 else 1.0
-            notes.append(f"warning: estimated accuracy drop {estimate['drop_points']:.1f} points on the calibration images; "
-                         f"a budget of about {within.predicted_ms * scale:.3g} ms keeps it within 1 point "
-                         f"(or use --max-accuracy-drop 1)")
-            log(notes[-1])
+        warning = large_drop_warning(estimate, search, measured["median_ms"] / schedule.predicted if schedule.predicted > 0 else 1.0)
+        if warning is not None:
+            notes.append(warning)
+            log(warning)
         predicted = (float(table.predict_ms(kept, np.array(schedule.selectors), mode=mode).mean())
                      if table is not None else unpruned["median_ms"])
         blocks = [{"block": l, "candidate": schedule.candidates[l], "threshold": schedule.thresholds[l],
