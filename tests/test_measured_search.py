@@ -276,3 +276,20 @@ def test_large_drop_warning_names_a_budget(setup):
     w = large_drop_warning({"drop_points": 12.5}, search, scale=2.0)
     assert w == (f"warning: estimated accuracy drop 12.5 points on the calibration images; a budget of about "
                  f"{2 * within.predicted_ms:.3g} ms keeps it within 1 point (or use --max-accuracy-drop 1)")
+
+
+def test_budget_within_the_unpruned_noise_falls_back_to_the_search(tmp_path, monkeypatch):
+    """A budget at or above the first unpruned measurement takes the keep-all fast path; when the keep-all
+    export then measures over the budget, the job searches instead of shipping a model over budget."""
+    from vitedge.context import MeasureConfig, Options, Context
+    from vitedge.pipeline import run_export
+
+    quick = MeasureConfig(warmup=1, min_runs=3, min_time_s=0.0)
+    ctx = Context(Options(threads=1, calib_limit=32, cache_dir=str(tmp_path / "cache"), progress=False,
+                          profile_config=quick, model_config=quick, search_knobs={"grid": 4}), log=lambda m: None)
+    scripted = {"unpruned": 1.0, "keep_all": 2.0}  # then every pruned round: 0.5 ms
+    monkeypatch.setattr(ctx.device, "measure_model", lambda path, feeds, name: {
+        "median_ms": scripted.get(name, 0.5), "p90_ms": 1.0, "mad_ms": 0.0, "runs": 3})
+    rep = run_export(ctx, 1.5, tmp_path / "out", log=lambda m: None)
+    assert rep["objective"] == "measured" and rep["budget_met"] and rep["measured_ms"]["median"] == 0.5
+    assert rep["notes"][0].startswith("budget 1.500 ms is near the unpruned latency") and rep["rounds"]
