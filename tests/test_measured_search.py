@@ -106,54 +106,83 @@ def setup():
     return model, ims, cal, table
 
 
-def single_cut_and_constant(search: MeasuredSearch) -> list[tuple]:
+def single_cut_and_constant(search: MeasuredSearch, mode: str) -> list[tuple]:
     """The families the guarantee is about, enumerated here independently of the search's own code."""
     L, out = search.depth, []
     for l in range(L):
-        for m in search.cols:
+        for m in search.grid(mode):
             idx = [0] * L
             idx[l] = int(m)
-            if search.mode == "capacity":
+            if mode == "capacity":
                 idx[l:] = [int(m)] * (L - l)
             out.append(tuple(idx))
-    if search.mode == "threshold":
-        out += [(int(m),) * L for m in search.cols]
+    if mode == "threshold":
+        out += [(int(m),) * L for m in search.grid(mode)]
     else:
-        caps, P = search.planner.capacities, int(search.planner.capacities[0])
+        caps, P = search.planners[mode].capacities, int(search.planners[mode].capacities[0])
         for r in range(1, P // L + 2):
             out.append(tuple(int(np.argmin(np.abs(caps - max(P - r * (l + 1), int(caps[-1]))))) for l in range(L)))
     return out
 
 
-@pytest.mark.parametrize("mode", ["threshold", "capacity"])
+@pytest.mark.parametrize("mode", ["threshold", "capacity", "auto"])
 def test_chosen_schedule_never_worse_than_single_cut_or_constant_rate(setup, mode):
     """The guarantee: on the calibration images, for every budget, the returned schedule is at least as
     good as the best single-cut or constant-rate schedule whose predicted latency fits, each measured
-    with the deployed batch-1 forward."""
+    with the deployed batch-1 forward. ``auto``: both modes' planners, against both modes' families."""
     model, ims, cal, table = setup
-    planner = Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens)
+    modes = ["threshold", "capacity"] if mode == "auto" else [mode]
+    planners = [Planner(cal, "latency", table, mode=m, min_patch_tokens=model.min_patch_tokens) for m in modes]
     ev = QualityEvaluator(model, ims)
-    search = MeasuredSearch(planner, ev, SearchKnobs(grid=8, sweep=6, refine=1))
+    search = MeasuredSearch(planners, ev, SearchKnobs(grid=8, sweep=6, refine=1))
+    assert search.modes == tuple(modes)
     baseline = []
     ref = evaluate_pruned(model, ims).top1
-    for idx in single_cut_and_constant(search):
-        values = search.values(idx)
-        e = (evaluate_pruned(model, ims, capacities=values, reference_top1=ref) if mode == "capacity"
-             else evaluate_pruned(model, ims, values, reference_top1=ref))
-        sel = planner.schedule(idx, np.inf, 0.0).selectors
-        pred = float(table.predict_ms(e.kept, np.array(sel), mode=mode).mean())
-        baseline.append((pred, e.accuracy))
-    preds = sorted(p for p, _ in baseline)
-    budgets = np.linspace(preds[0], planner.full, 7)
+    for m, planner in zip(modes, planners):
+        for idx in single_cut_and_constant(search, m):
+            values = search.values(idx, m)
+            e = (evaluate_pruned(model, ims, capacities=values, reference_top1=ref) if m == "capacity"
+                 else evaluate_pruned(model, ims, values, reference_top1=ref))
+            sel = planner.schedule(idx, np.inf, 0.0).selectors
+            pred = float(table.predict_ms(e.kept, np.array(sel), mode=m).mean())
+            baseline.append((pred, e.accuracy, m))
+    preds = sorted(p for p, _, _ in baseline)
+    budgets = np.linspace(preds[0], search.full, 7)
+    chosen_modes = set()
     for b in budgets:
         chosen = search.best(float(b))
-        best_base = max(a for p, a in baseline if p <= b + 1e-12)
+        best_base = max(a for p, a, _ in baseline if p <= b + 1e-12)
         assert chosen.predicted_ms <= b
         assert chosen.quality.accuracy >= best_base, (b, chosen, best_base)
+        chosen_modes.add(chosen.mode)
+        s = search.schedule(chosen, float(b))
+        assert s.mode == chosen.mode and list(s.candidates) == list(chosen.indices)
+        values = s.capacities if s.mode == "capacity" else s.thresholds  # the schedule prunes as measured
+        e = (evaluate_pruned(model, ims, capacities=values, reference_top1=ref) if s.mode == "capacity"
+             else evaluate_pruned(model, ims, values, reference_top1=ref))
+        assert e.accuracy == chosen.quality.accuracy and np.array_equal(e.kept, chosen.quality.kept)
+    assert chosen_modes <= set(modes)
     s = search.solve(float(budgets[3]))
-    assert s.meta["objective"] == "measured" and s.predicted <= budgets[3] and s.mode == mode
+    assert s.meta["objective"] == "measured" and s.predicted <= budgets[3] and s.mode in modes
     with pytest.raises(BudgetUnreachableError, match="smallest reachable"):
         search.best(0.5 * preds[0])
+
+
+def test_auto_mode_measures_both_modes_once(setup):
+    """Both modes' families are evaluated on one evaluator; a candidate is cached per (mode, indices), so
+    the same indices in the two modes are two schedules; one planner per mode."""
+    model, ims, cal, table = setup
+    planners = [Planner(cal, "latency", table, mode=m) for m in ("capacity", "threshold")]
+    search = MeasuredSearch(planners, QualityEvaluator(model, ims), SearchKnobs(grid=4, sweep=2, refine=0))
+    search.ensure_families()
+    by_mode = {m: [c for c in search.candidates if c.mode == m] for m in search.modes}
+    assert search.mode == "capacity" and all(len(v) > 3 for v in by_mode.values())
+    assert {c.family for c in by_mode["threshold"]} >= {"single-cut", "constant-rate"}
+    n = len(search.candidates)
+    c = by_mode["threshold"][-1]
+    assert search.evaluate("again", c.indices, "threshold") is c and len(search.candidates) == n
+    with pytest.raises(ValueError, match="one planner per pruning mode"):
+        MeasuredSearch([planners[0], planners[0]], QualityEvaluator(model, ims))
 
 
 def test_fastest_within_drop(setup):
@@ -293,3 +322,23 @@ def test_budget_within_the_unpruned_noise_falls_back_to_the_search(tmp_path, mon
     rep = run_export(ctx, 1.5, tmp_path / "out", log=lambda m: None)
     assert rep["objective"] == "measured" and rep["budget_met"] and rep["measured_ms"]["median"] == 0.5
     assert rep["notes"][0].startswith("budget 1.500 ms is near the unpruned latency") and rep["rounds"]
+
+
+def test_cli_export_picks_the_mode(cli):
+    """ONNX by default searches both pruning modes and exports the chosen one (capacity: no NonZero in the
+    graph; threshold: NonZero); --mode threshold searches one mode only."""
+    import json
+
+    run, root, reach = cli
+    for args, searched in (([], ["threshold", "capacity"]), (["--mode", "threshold"], ["threshold"])):
+        out = root / f"mode{len(args)}"
+        r = run("export", "--budget-ms", f"{1.5 * reach:.4f}", *args, "-o", str(out))
+        assert r.exit_code in (0, 1), r.output  # 1: measured over budget after the closed loop (a busy machine)
+        if r.exit_code == 1:
+            continue
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["modes_searched"] == searched and rep["mode"] in searched
+        assert json.loads((out / "schedule.json").read_text())["mode"] == rep["mode"] == rep["schedule"]["mode"]
+        assert ("NonZero" in rep["op_types"]) == (rep["mode"] == "threshold"), rep["op_types"]
+    r = run("search", "--budget-ms", f"{1.5 * reach:.4f}", "--mode", "sideways", "-o", str(root / "bad.json"))
+    assert r.exit_code == 2 and "auto" in r.output

@@ -46,7 +46,7 @@ class Options:
     search_knobs: dict = field(default_factory=dict)  # SearchKnobs overrides: grid, sweep, refine
     search_seconds: float = 240.0    # time budget of the measured search (sets the grid and the images it uses)
     importance: str = "fisher_block"
-    mode: str | None = None          # "threshold" | "capacity"; default: capacity for tflite, threshold for onnx
+    mode: str | None = None          # "threshold" | "capacity" | "auto" (None: auto, every mode the format exports)
     format: str | None = None        # "onnx" | "tflite"; default: the device runtime's format
     tflite_converter: str = "litert-torch"  # "litert-torch" (static shapes) | "onnx2tf" (threshold mode)
     tokens_step: int | None = None   # token-count grid of static-shape profiles (LiteRT)
@@ -77,6 +77,9 @@ def _planned_runtime(opts: Options) -> str | None:
     except Exception:  # noqa: BLE001 - a bad preset or URL is reported when the device is opened
         return None
     return spec.get("runtime")
+
+
+MODES = ("threshold", "capacity", "auto")  # --mode; auto: the measured search picks per schedule
 
 
 def check_format_mode(fmt: str | None, mode: str | None, converter: str) -> None:
@@ -110,15 +113,15 @@ def resolve_mode(opts: Options) -> None:
     """
     if opts.format is not None:
         get_exporter(opts.format)  # an unknown format: one line naming the choices
-    if opts.mode is not None and opts.mode not in ("threshold", "capacity"):
-        raise ValueError(f"unknown mode {opts.mode!r}: use threshold or capacity")
+    if opts.mode is not None and opts.mode not in MODES:
+        raise ValueError(f"unknown mode {opts.mode!r}: use {', '.join(MODES)}")
     if opts.format is not None:
         if opts.runtime is None:
             opts.runtime = FORMAT_RUNTIME[opts.format]
         elif runtime_format(opts.runtime) not in (None, opts.format):
             raise ValueError(f"runtime {opts.runtime} does not run {opts.format} files: use --runtime {FORMAT_RUNTIME[opts.format]}")
     fmt = opts.format or runtime_format(_planned_runtime(opts))
-    check_format_mode(fmt, opts.mode, opts.tflite_converter)
+    check_format_mode(fmt, None if opts.mode == "auto" else opts.mode, opts.tflite_converter)
 
 
 class Context:
@@ -190,12 +193,21 @@ class Context:
 
     @property
     def mode(self) -> str:
-        """Pruning mode: --mode, else threshold for ONNX (and for TFLite through onnx2tf), capacity for
-        TFLite. Raises ValueError for threshold mode on a static-shape runtime without onnx2tf."""
+        """The default pruning mode: --mode, else (and with ``auto``) threshold for ONNX (and for TFLite
+        through onnx2tf), capacity for TFLite. Raises ValueError for threshold mode on a static-shape
+        runtime without onnx2tf."""
         fmt, conv = self.format, self.opts.tflite_converter
-        mode = self.opts.mode or get_exporter(fmt, self.tflite_converter).modes[0]
+        mode = self.opts.mode if self.opts.mode not in (None, "auto") else get_exporter(fmt, self.tflite_converter).modes[0]
         check_format_mode(fmt, mode, conv)
         return mode
+
+    @property
+    def search_modes(self) -> tuple:
+        """The pruning modes the measured search chooses from: ``--mode threshold|capacity`` alone, else
+        (``auto``, the default) every mode the export route writes (ONNX: both), the default first."""
+        if self.opts.mode not in (None, "auto"):
+            return (self.mode,)
+        return tuple(dict.fromkeys((self.mode, *self.exporter.modes)))
 
     @property
     def tflite_converter(self) -> str | None:

@@ -23,6 +23,7 @@ from .schedule import Schedule
 from .search import BudgetUnreachableError
 from .search.measured import MeasuredSearch, plan_knobs
 from .search.planner import Planner
+from .tables.latency import SELECTOR_PART
 
 AIM = 0.95          # aim the measured median at this fraction of the budget
 ACCEPT_LOW = 0.90   # accept a measured median in [ACCEPT_LOW, 1.0] x budget at once
@@ -44,14 +45,19 @@ def make_search(ctx: Context, cal, table, *, log=print):
     from .quality import QualityEvaluator
 
     model, o = ctx.model, ctx.opts
-    planner = Planner(cal, "latency", table, mode=ctx.mode, min_patch_tokens=model.min_patch_tokens,
-                      package_token=model.package_token)
+
+    def planner(mode):
+        return Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens,
+                       package_token=model.package_token)
+
     if model.package_token:
         if o.objective == "measured":
             log("note: the package token is searched with RCTP's Fisher objective (the measured objective does not model it)")
-        return planner, None
+        return planner(ctx.mode), None
+    modes = ctx.search_modes if o.objective == "measured" else (ctx.mode,)
+    modes = tuple(m for m in modes if table.has_part(SELECTOR_PART[m])) or (ctx.mode,)
     key = (cal.meta.get("model_hash"), cal.meta.get("image_set_hash"), table.meta.get("created"), repr(table.device),
-           ctx.mode, o.objective, tuple(sorted(o.search_knobs.items())), o.search_seconds)
+           modes, o.objective, tuple(sorted(o.search_knobs.items())), o.search_seconds)
     cached = ctx.searches.get(key)
     if cached is not None:  # one sweep of budgets on one context reuses every evaluated schedule
         return cached
@@ -59,9 +65,9 @@ def make_search(ctx: Context, cal, table, *, log=print):
     evaluator = QualityEvaluator(model, ctx.images)
     forward_s = time.perf_counter() - t0
     if o.objective == "fisher":
-        ctx.searches[key] = (planner, evaluator)
+        ctx.searches[key] = (planner(ctx.mode), evaluator)
         return ctx.searches[key]
-    knobs, n = plan_knobs(model.depth, len(ctx.images), forward_s, o.search_seconds, fixed=o.search_knobs)
+    knobs, n = plan_knobs(model.depth, len(ctx.images), forward_s, o.search_seconds / len(modes), fixed=o.search_knobs)
     if n < len(ctx.images):
         log(f"search: {n} of {len(ctx.images)} calibration images and {knobs.grid} candidates per block fit "
             f"--search-seconds {o.search_seconds:g} (one unpruned forward over all images took {forward_s:.1f} s)")
@@ -69,7 +75,7 @@ def make_search(ctx: Context, cal, table, *, log=print):
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="search (measured on the pruned model)", unit="schedule", disable=not o.progress, leave=False)
-    ctx.searches[key] = (MeasuredSearch(planner, evaluator, knobs, progress=bar.update), evaluator)
+    ctx.searches[key] = (MeasuredSearch([planner(m) for m in modes], evaluator, knobs, progress=bar.update), evaluator)
     return ctx.searches[key]
 
 
@@ -359,7 +365,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
         if warning is not None:
             notes.append(warning)
             log(warning)
-        predicted = (float(table.predict_ms(kept, np.array(schedule.selectors), mode=mode).mean())
+        predicted = (float(table.predict_ms(kept, np.array(schedule.selectors), mode=schedule.mode).mean())
                      if table is not None else unpruned["median_ms"])
         blocks = [{"block": l, "candidate": schedule.candidates[l], "threshold": schedule.thresholds[l],
                    "capacity": schedule.capacities[l], "mean_kept_tokens": float(kept[l].mean()),
@@ -370,7 +376,8 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
             "predicted_ms": predicted, "search_predicted_ms": schedule.predicted,
             "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
             "speedup": unpruned["median_ms"] / measured["median_ms"],
-            "format": artifact.fmt, "mode": mode, "package_token": model.package_token,
+            "format": artifact.fmt, "mode": schedule.mode, "package_token": model.package_token,
+            "modes_searched": list(search.modes) if isinstance(search, MeasuredSearch) else [schedule.mode],
             "objective": "keep-all" if keep_all else ("measured" if isinstance(search, MeasuredSearch) else "fisher"),
             **({"tflite_converter": artifact.converter} if artifact.converter else {}),
             **({"conversions": artifact.conversions} if artifact.conversions else {}),

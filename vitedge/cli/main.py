@@ -117,8 +117,10 @@ def model_options(fn):
         click.option("--min-time", type=click.FloatRange(min=0), default=None, help="and at least this many timed seconds (default: 0.05 per point, 0.5 per model)."),
         click.option("--format", "fmt", type=click.Choice(formats()), default=None,
                      help="export format (default: the runtime's: onnxruntime -> onnx, litert -> tflite)."),
-        click.option("--mode", type=click.Choice(["threshold", "capacity"]), default=None,
-                     help="pruning: threshold (NonZero, dynamic count) or capacity (exactly K_l tokens, static shapes). Default: capacity for tflite, threshold for onnx."),
+        click.option("--mode", type=click.Choice(["threshold", "capacity", "auto"]), default=None,
+                     help="pruning: threshold (NonZero, dynamic count) or capacity (exactly K_l tokens, static shapes). "
+                          "Default auto: the measured search picks the mode the format exports (onnx: either; tflite: "
+                          "capacity) that keeps more accuracy; --objective fisher uses threshold for onnx."),
         click.option("--tflite-converter", type=click.Choice(converters("tflite")), default="litert-torch",
                      show_default=True,
                      help="TFLite route: litert-torch (static shapes) or onnx2tf (threshold mode only; needs "

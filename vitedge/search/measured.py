@@ -21,6 +21,11 @@ Candidates (all evaluated on the same images; every evaluation is cached and reu
 - ``refined``: from the best candidate that fits, local moves (one block's candidate one grid step up
   or down) kept while they improve the measured quality and still fit.
 
+Given planners of both pruning modes (``--mode auto``, the default for ONNX), every family is built in
+each mode on the same images and the best candidate of either mode is returned: which selector keeps
+more accuracy for the milliseconds depends on the model (threshold: an image-dependent token count;
+capacity: exactly K tokens, static shapes), so it is measured rather than assumed.
+
 Pure NumPy: the measurement is a callable the caller hands in (``evaluator.evaluate(mode, values)``
 returning an object with ``agreement``, ``kl``, ``accuracy``, ``kept`` (L, D), and
 ``evaluator.drop_points(q)``; :class:`vitedge.quality.QualityEvaluator` in practice).
@@ -103,10 +108,11 @@ def plan_knobs(depth: int, num_images: int, forward_s: float, seconds: float, *,
 
 @dataclass(frozen=True)
 class Candidate:
-    """One evaluated schedule: ``indices`` (L,) candidate per block (0 = no selector), the family that
-    proposed it first, its measured quality, predicted latency (ms), accuracy drop (points) and the
-    drop's one-sided 90 % upper bound (points)."""
+    """One evaluated schedule: ``indices`` (L,) candidate per block (0 = no selector) in pruning ``mode``,
+    the family that proposed it first, its measured quality, predicted latency (ms), accuracy drop
+    (points) and the drop's one-sided 90 % upper bound (points)."""
 
+    mode: str
     family: str
     indices: tuple
     quality: object
@@ -121,7 +127,7 @@ class Candidate:
 
     def to_dict(self) -> dict:
         q = self.quality
-        return {"family": self.family, "candidates": list(self.indices), "predicted_ms": self.predicted_ms,
+        return {"mode": self.mode, "family": self.family, "candidates": list(self.indices), "predicted_ms": self.predicted_ms,
                 "agreement": q.agreement, "kl": q.kl, "accuracy": q.accuracy, "drop_points": self.drop, "drop_bound_points": self.drop_bound,
                 "mean_kept": [float(v) for v in np.asarray(q.kept).mean(axis=1)]}
 
@@ -134,59 +140,83 @@ class MeasuredSearch:
     dual: the fastest schedule within an accuracy drop).
 
     Args:
-        planner: a latency :class:`~vitedge.search.planner.Planner` (candidates, costs, Fisher-Viterbi).
+        planner: a latency :class:`~vitedge.search.planner.Planner` (candidates, costs, Fisher-Viterbi), or
+            a sequence of them, one per pruning mode, over the same latency table (the first mode is the
+            default, e.g. for :meth:`keep_all`).
         evaluator: measures candidates (see the module docstring).
         knobs: :class:`SearchKnobs`.
         progress: optional callable(n) advancing a progress bar by n evaluations.
 
     Raises:
-        ValueError: a planner that is not over measured latency.
+        ValueError: a planner that is not over measured latency; two planners of one mode.
     """
 
     def __init__(self, planner, evaluator, knobs: SearchKnobs | None = None, progress=None):
-        if planner.unit != "ms":
+        planners = list(planner) if isinstance(planner, (list, tuple)) else [planner]
+        if any(p.unit != "ms" for p in planners):
             raise ValueError("the measured objective searches over measured latency: use --budget-ms (or --objective fisher)")
-        self.planner, self.evaluator = planner, evaluator
+        self.planners = {p.mode: p for p in planners}
+        if len(self.planners) != len(planners):
+            raise ValueError(f"one planner per pruning mode, got modes {[p.mode for p in planners]}")
+        self.planner, self.evaluator = planners[0], evaluator
         self.knobs = knobs or SearchKnobs()
-        self.table, self.mode, self.full, self.unit = planner.table, planner.mode, planner.full, "ms"
+        self.table, self.mode, self.unit = self.planner.table, self.planner.mode, "ms"
+        self.modes = tuple(self.planners)
+        self.full = max(p.full for p in planners)  # every mode's keep-all is the same model
         self._progress = progress or (lambda n: None)
         self._cands: dict[tuple, Candidate] = {}
-        L, M = planner.loss.shape
-        self.depth, self.num_candidates = L, M
-        self.cols = np.unique(np.round(np.linspace(1, M - 1, min(self.knobs.grid, M - 1))).astype(np.int64)) if M > 1 \
-            else np.zeros(0, np.int64)
+        self.depth = self.planner.loss.shape[0]
+        self._cols = {}  # mode -> the grid of candidate indices used by the families
+        for mode, p in self.planners.items():
+            M = p.loss.shape[1]
+            self._cols[mode] = np.unique(np.round(np.linspace(1, M - 1, min(self.knobs.grid, M - 1))).astype(np.int64)) \
+                if M > 1 else np.zeros(0, np.int64)
+        self.cols = self._cols[self.mode]
         self._families_done = False
         self._refined: set[float] = set()  # budgets already refined
         self.seconds = 0.0  # spent measuring candidates
 
     # -- candidates ------------------------------------------------------------------------------------
-    def _normalise(self, indices) -> tuple:
+    def grid(self, mode: str | None = None) -> np.ndarray:
+        """The candidate indices (ascending, > 0) the families and refinement use in ``mode`` (default the first)."""
+        return self._cols[mode or self.mode]
+
+    def _normalise(self, indices, mode: str) -> tuple:
         idx = [int(i) for i in indices]
-        if self.mode == "capacity":  # K never grows: a larger K after a smaller one is the same model
+        if mode == "capacity":  # K never grows: a larger K after a smaller one is the same model
             idx = list(np.maximum.accumulate(idx))
         return tuple(idx)
 
-    def values(self, indices) -> list:
-        """Per-block θ_l (threshold) or K_l (capacity) of candidate indices; None where m_l = 0."""
-        if self.mode == "capacity":
-            return [None if m == 0 else int(self.planner.capacities[m]) for m in indices]
-        th = self.planner.calibration.thresholds
+    def values(self, indices, mode: str | None = None) -> list:
+        """Per-block θ_l (threshold) or K_l (capacity) of candidate indices; None where m_l = 0.
+        ``mode``: default the first planner's."""
+        mode = mode or self.mode
+        planner = self.planners[mode]
+        if mode == "capacity":
+            return [None if m == 0 else int(planner.capacities[m]) for m in indices]
+        th = planner.calibration.thresholds
         return [None if m == 0 else float(th[l, m]) for l, m in enumerate(indices)]
 
-    def evaluate(self, family: str, indices) -> Candidate:
-        """Measure (cached) the schedule with these candidate indices."""
-        idx = self._normalise(indices)
-        c = self._cands.get(idx)
+    def evaluate(self, family: str, indices, mode: str | None = None) -> Candidate:
+        """Measure (cached) the schedule with these candidate indices in ``mode`` (default the first planner's).
+
+        Raises:
+            KeyError: a mode this search has no planner for.
+        """
+        mode = mode or self.mode
+        planner = self.planners[mode]
+        idx = self._normalise(indices, mode)
+        c = self._cands.get((mode, idx))
         if c is not None:
             return c
         t0 = time.perf_counter()
-        q = self.evaluator.evaluate(self.mode, self.values(idx))
+        q = self.evaluator.evaluate(mode, self.values(idx, mode))
         self.seconds += time.perf_counter() - t0
         self._progress(1)
-        sel = self.planner.schedule(idx, math.inf, 0.0).selectors
-        pred = float(np.mean(self.table.predict_ms(np.asarray(q.kept), np.array(sel), mode=self.mode)))
-        c = Candidate(family, idx, q, pred, float(self.evaluator.drop_points(q)), float(self.evaluator.drop_bound(q)))
-        self._cands[idx] = c
+        sel = planner.schedule(idx, math.inf, 0.0).selectors
+        pred = float(np.mean(self.table.predict_ms(np.asarray(q.kept), np.array(sel), mode=mode)))
+        c = Candidate(mode, family, idx, q, pred, float(self.evaluator.drop_points(q)), float(self.evaluator.drop_bound(q)))
+        self._cands[(mode, idx)] = c
         return c
 
     @property
@@ -194,54 +224,58 @@ class MeasuredSearch:
         """Every evaluated candidate, in evaluation order."""
         return list(self._cands.values())
 
-    def _sweep_budgets(self) -> np.ndarray:
-        lo, hi = self.planner.min_budget, self.full
+    def _sweep_budgets(self, planner) -> np.ndarray:
+        lo, hi = planner.min_budget, self.full
         return np.linspace(lo, hi, self.knobs.sweep + 2)[1:-1] if hi > lo else np.zeros(0)
 
     def ensure_families(self) -> None:
-        """Evaluate the budget-independent families once: single cuts, constant rates, both Viterbi sweeps."""
+        """Evaluate the budget-independent families once per mode: single cuts, constant rates, both Viterbi sweeps."""
         if self._families_done:
             return
-        L = self.depth
-        self.evaluate("unpruned", [0] * L)
-        single = np.zeros((L, len(self.cols)))  # mean KL of the single cut at (l, m): the measured per-block loss
+        self.evaluate("unpruned", [0] * self.depth)
+        for mode in self.modes:
+            self._families(mode)
+        self._families_done = True
+
+    def _families(self, mode: str) -> None:
+        L, planner, grid = self.depth, self.planners[mode], self._cols[mode]
+        single = np.zeros((L, len(grid)))  # mean KL of the single cut at (l, m): the measured per-block loss
         for l in range(L):
-            for j, m in enumerate(self.cols):
+            for j, m in enumerate(grid):
                 idx = [0] * L
                 idx[l] = m
-                if self.mode == "capacity":
+                if mode == "capacity":
                     idx[l:] = [m] * (L - l)
-                single[l, j] = self.evaluate("single-cut", idx).quality.kl
-        if self.mode == "capacity":
-            caps, P = self.planner.capacities, int(self.planner.capacities[0])
+                single[l, j] = self.evaluate("single-cut", idx, mode).quality.kl
+        if mode == "capacity":
+            caps, P = planner.capacities, int(planner.capacities[0])
             for r in range(1, max(2, math.ceil(P / L)) + 1):
                 want = [max(P - r * (l + 1), int(caps[-1])) for l in range(L)]
-                self.evaluate("constant-rate", [int(np.argmin(np.abs(caps - k))) for k in want])
+                self.evaluate("constant-rate", [int(np.argmin(np.abs(caps - k))) for k in want], mode)
         else:
-            for m in self.cols:
-                self.evaluate("constant-rate", [m] * L)
-        for b in self._sweep_budgets():
+            for m in grid:
+                self.evaluate("constant-rate", [m] * L, mode)
+        for b in self._sweep_budgets(planner):
             try:
-                self.evaluate("fisher", self.planner.solve(float(b)).candidates)
+                self.evaluate("fisher", planner.solve(float(b)).candidates, mode)
             except BudgetUnreachableError:
                 continue
-        cols = np.concatenate([[0], self.cols])
+        cols = np.concatenate([[0], grid])
         loss = np.concatenate([np.zeros((L, 1)), single], axis=1)
-        vit = MonotoneViterbi(loss, self.planner.cost[:, cols], unit="ms")
-        for b in self._sweep_budgets():
+        vit = MonotoneViterbi(loss, planner.cost[:, cols], unit="ms")
+        for b in self._sweep_budgets(planner):
             try:
-                sol = vit.solve(float(b) - self.planner.base)
+                sol = vit.solve(float(b) - planner.base)
             except (BudgetUnreachableError, ValueError):
                 continue
-            self.evaluate("measured-viterbi", cols[sol.indices])
-        self._families_done = True
+            self.evaluate("measured-viterbi", cols[sol.indices], mode)
 
     # -- selection ---------------------------------------------------------------------------------------
     def _fitting(self, budget: float) -> list[Candidate]:
         return [c for c in self._cands.values() if c.predicted_ms <= budget]
 
-    def _neighbours(self, idx: tuple):
-        cols = np.concatenate([[0], self.cols])
+    def _neighbours(self, idx: tuple, mode: str):
+        cols = np.concatenate([[0], self._cols[mode]])
         for l in range(self.depth):
             pos = int(np.searchsorted(cols, idx[l]))
             for p in (pos - 1, pos + 1 if pos < len(cols) and cols[pos] == idx[l] else pos):
@@ -254,8 +288,8 @@ class MeasuredSearch:
         best = start
         for _ in range(self.knobs.refine):
             moved = False
-            for idx in self._neighbours(best.indices):
-                c = self.evaluate("refined", idx)
+            for idx in self._neighbours(best.indices, best.mode):
+                c = self.evaluate("refined", idx, best.mode)
                 if fits(c) and better(c, best):
                     best, moved = c, True
             if not moved:
@@ -278,10 +312,11 @@ class MeasuredSearch:
         if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
             raise ValueError(f"budget must be a positive number, got {budget}: pass --budget-ms > 0")
         self.ensure_families()
-        try:  # RCTP's own schedule for this budget is always a candidate
-            self.evaluate("fisher", self.planner.solve(float(budget)).candidates)
-        except BudgetUnreachableError:
-            pass
+        for mode, planner in self.planners.items():  # RCTP's own schedule for this budget is always a candidate
+            try:
+                self.evaluate("fisher", planner.solve(float(budget)).candidates, mode)
+            except BudgetUnreachableError:
+                pass
         fit = self._fitting(budget)
         if not fit:
             reach = self.min_budget
@@ -308,14 +343,14 @@ class MeasuredSearch:
         def within(c: Candidate) -> bool:
             return c.drop_bound <= drop_points + 1e-9 or all(i == 0 for i in c.indices)
 
-        start = min(filter(within, self._cands.values()), key=lambda c: (c.predicted_ms, -c.key()[0]))
+        start = min(filter(within, self._cands.values()), key=lambda c: (c.predicted_ms, -c.key()[0]))  # any mode
         self._refine(start, lambda a, b: a.predicted_ms < b.predicted_ms, within)
         return min(filter(within, self._cands.values()), key=lambda c: (c.predicted_ms, -c.key()[0]))
 
     # -- Planner interface -----------------------------------------------------------------------------------
     def schedule(self, cand: Candidate, budget: float) -> Schedule:
         """The :class:`~vitedge.schedule.Schedule` of an evaluated candidate (predicted = its realised prediction)."""
-        s = self.planner.schedule(cand.indices, budget, cand.predicted_ms)
+        s = self.planners[cand.mode].schedule(cand.indices, budget, cand.predicted_ms)
         q = cand.quality
         meta = {**s.meta, "objective": "measured", "family": cand.family,
                 "calibration_quality": {"agreement": q.agreement, "kl": q.kl, "accuracy": q.accuracy,
@@ -332,5 +367,5 @@ class MeasuredSearch:
 
     def realised(self, schedule: Schedule) -> tuple[float, np.ndarray]:
         """(predicted ms at the realised kept counts, kept (L, D)) of a schedule, from the cache when evaluated."""
-        c = self.evaluate("closed-loop", schedule.candidates)
+        c = self.evaluate("closed-loop", schedule.candidates, schedule.mode)
         return c.predicted_ms, np.asarray(c.quality.kept)
