@@ -181,6 +181,8 @@ def test_auto_mode_measures_both_modes_once(setup):
     n = len(search.candidates)
     c = by_mode["threshold"][-1]
     assert search.evaluate("again", c.indices, "threshold") is c and len(search.candidates) == n
+    rows = __import__("json").loads(__import__("json").dumps([c.to_dict() for c in search.candidates]))  # plain JSON
+    assert {r["mode"] for r in rows} == {"capacity", "threshold"} and all(type(i) is int for r in rows for i in r["candidates"])
     with pytest.raises(ValueError, match="one planner per pruning mode"):
         MeasuredSearch([planners[0], planners[0]], QualityEvaluator(model, ims))
 
@@ -199,6 +201,33 @@ def test_fastest_within_drop(setup):
             assert c.predicted_ms >= loose.predicted_ms
     with pytest.raises(ValueError, match="max-accuracy-drop"):
         search.fastest_within(-1)
+
+
+def test_max_accuracy_drop_pools_the_drop_over_kl(setup):
+    """A candidate that the calibration noise flattered (a small measured drop among higher-KL neighbours
+    with larger drops) fails --max-accuracy-drop on the pooled (isotonic in KL) drop, though its own bound fits."""
+    from vitedge.quality import Quality
+    from vitedge.search.measured import Candidate
+
+    model, ims, cal, table = setup
+    search = MeasuredSearch(Planner(cal, "latency", table, mode="capacity"), QualityEvaluator(model, ims),
+                            SearchKnobs(grid=4, sweep=2, refine=0))
+    L = search.depth
+
+    def cand(i, kl, drop, ms):
+        q = Quality(agreement=1.0, kl=kl, accuracy=0.9, kept=np.zeros((L, 1), np.int64), top1=np.zeros(1, np.int64))
+        return Candidate("capacity", "test", (i,) * L, q, ms, drop, drop + 1.0)  # margin: 1 point
+
+    cands = [cand(0, 0.0, 0.0, 10.0), cand(1, 0.1, 1.0, 8.0), cand(2, 0.2, 0.0, 5.0), cand(3, 0.3, 3.0, 4.0),
+             cand(4, 0.4, 4.0, 3.0)]
+    search._cands = {("capacity", c.indices): c for c in cands}
+    search._families_done = True
+    bounds = search.drop_bounds()
+    assert [round(bounds[id(c)], 6) for c in cands] == [1.0, 2.0, 1.5, 4.0, 5.0]  # max(own, isotonic 0, .5, .5, 3, 4 + 1)
+    assert all(bounds[id(c)] >= c.drop_bound for c in cands)
+    assert search.fastest_within(1.2) is cands[0]   # the flattered one (own bound 1.0) is refused
+    assert search.fastest_within(1.5) is cands[2]
+    assert search.fastest_within(10) is cands[4]
 
 
 def test_drop_bound_is_a_paired_upper_bound():

@@ -148,11 +148,12 @@ def pick_for_accuracy(search, budget_ms: float | None, max_drop: float) -> Sched
     if budget_ms is None:
         return search.schedule(fast, fast.predicted_ms)
     at = search.best(budget_ms)
-    if at.drop_bound > max_drop + 1e-9:
+    bound = search.drop_bounds()[id(at)]
+    if bound > max_drop + 1e-9:
         raise AccuracyBudgetError(
             f"no schedule within {budget_ms:.4g} ms keeps the accuracy drop within {max_drop:g} points (90 % bound on the "
             f"calibration images): the fastest that does is predicted {fast.predicted_ms:.4g} ms, and at {budget_ms:.4g} ms "
-            f"the drop is {at.drop:.1f} points (bound {at.drop_bound:.1f}) (raise --budget-ms or --max-accuracy-drop)")
+            f"the drop is {at.drop:.1f} points (bound {bound:.1f}) (raise --budget-ms or --max-accuracy-drop)")
     return search.schedule(at, budget_ms)
 
 

@@ -184,7 +184,7 @@ class MeasuredSearch:
     def _normalise(self, indices, mode: str) -> tuple:
         idx = [int(i) for i in indices]
         if mode == "capacity":  # K never grows: a larger K after a smaller one is the same model
-            idx = list(np.maximum.accumulate(idx))
+            idx = [int(i) for i in np.maximum.accumulate(idx)]
         return tuple(idx)
 
     def values(self, indices, mode: str | None = None) -> list:
@@ -330,8 +330,7 @@ class MeasuredSearch:
 
     def fastest_within(self, drop_points: float) -> Candidate:
         """The fastest (predicted) candidate whose accuracy drop is at most ``drop_points`` with 90 %
-        confidence (``drop_bound``: the fastest candidate whose point estimate fits is typically the one
-        the calibration images' noise flattered most). The unpruned model always qualifies.
+        confidence, by :meth:`drop_bounds`. The unpruned model always qualifies.
 
         Raises:
             ValueError: a negative or non-finite drop.
@@ -339,13 +338,34 @@ class MeasuredSearch:
         if not (isinstance(drop_points, (int, float)) and math.isfinite(drop_points) and drop_points >= 0):
             raise ValueError(f"--max-accuracy-drop must be a number of points >= 0, got {drop_points}")
         self.ensure_families()
+        bounds = self.drop_bounds()
 
         def within(c: Candidate) -> bool:
-            return c.drop_bound <= drop_points + 1e-9 or all(i == 0 for i in c.indices)
+            b = bounds.get(id(c), c.drop_bound)  # refinement's new candidates: their own bound
+            return b <= drop_points + 1e-9 or all(i == 0 for i in c.indices)
 
         start = min(filter(within, self._cands.values()), key=lambda c: (c.predicted_ms, -c.key()[0]))  # any mode
         self._refine(start, lambda a, b: a.predicted_ms < b.predicted_ms, within)
+        bounds = self.drop_bounds()
         return min(filter(within, self._cands.values()), key=lambda c: (c.predicted_ms, -c.key()[0]))
+
+    def drop_bounds(self) -> dict:
+        """{id(candidate): the drop bound (points) ``--max-accuracy-drop`` holds}, over every evaluated candidate.
+
+        A candidate's own one-sided 90 % bound (``drop_bound``) is not enough when hundreds are compared:
+        the fastest candidate whose bound fits is typically the one the calibration images' noise
+        flattered most. So a candidate must also fit with its drop read off the *pooled* trend: the
+        isotonic (non-decreasing) regression of every candidate's measured drop on its KL divergence
+        from the unpruned model (KL is continuous and ranks test accuracy closely), plus the same margin.
+        Returns max(own bound, pooled drop + (own bound - own drop)).
+        """
+        from sklearn.isotonic import IsotonicRegression
+
+        cands = list(self._cands.values())
+        kl = np.array([c.quality.kl for c in cands])
+        drop = np.array([c.drop for c in cands])
+        pooled = IsotonicRegression(increasing=True).fit(kl, drop).predict(kl) if len(cands) > 1 else drop
+        return {id(c): max(c.drop_bound, float(p) + c.drop_bound - c.drop) for c, p in zip(cands, pooled)}
 
     # -- Planner interface -----------------------------------------------------------------------------------
     def schedule(self, cand: Candidate, budget: float) -> Schedule:
