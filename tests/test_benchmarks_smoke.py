@@ -42,6 +42,7 @@ CASES = {
                ["pareto.json", "pareto.md", "pareto.png", "pareto_ablation.png", "pareto_table_onnxruntime.png"]),
     "accuracy_budget": (["--quick", "--budgets", "70", "--calib-limit", "32"],
                         ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
+    "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
 }
 
 
@@ -188,6 +189,13 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
         assert row["vitedge"] is None or 0 <= row["vitedge"]["test_accuracy"] <= 1
         assert {r["family"] for r in c["baselines"]} == {"pomt", "topk", "flops_viterbi"}
         assert "max_drop_run" in c and "| budget |" in (out / "accuracy_budget.md").read_text()
+    if script == "accuracy_drop":
+        m = results[0]["models"][0]
+        assert [(r["max_drop"], r["rule"]) for r in m["rows"]] == [(1, "own"), (1, "pooled"), (5, "own"), (5, "pooled")]
+        for r in m["rows"]:  # each pick fits its own rule's bound; the pooled bound is never below the own one
+            assert r["pooled_bound"] >= r["own_bound"] and (r["own_bound"] if r["rule"] == "own" else r["pooled_bound"]) <= r["max_drop"] + 1e-9 \
+                or set(r["candidates"]) == {0}
+            assert 0 < r["predicted_relative"] <= 1 + 1e-9 and -100 <= r["test_drop"] <= 100
     if script == "pareto":
         r = results[0]
         ort = r["reference"]["runtimes"]["onnxruntime"]
