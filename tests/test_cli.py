@@ -109,7 +109,8 @@ def test_export_main_job(env, tmp_path):
                 "accuracy", "artifacts", "rounds"):
         assert key in rep
     assert rep["measured_ms"]["median"] <= rep["budget_ms"] and rep["budget_met"]
-    assert "TopK" not in rep["op_types"] and "NonZero" in rep["op_types"]
+    assert rep["modes_searched"] == ["threshold", "capacity"] and rep["mode"] in rep["modes_searched"]  # --mode auto
+    assert "TopK" not in rep["op_types"] and ("NonZero" in rep["op_types"]) == (rep["mode"] == "threshold")
     assert rep["parity"]["top1_agreement"] == 1.0 and rep["parity"]["max_abs_diff"] < 1e-4
     kept = [b["mean_kept_tokens"] for b in rep["schedule"]["blocks"]]
     assert kept == sorted(kept, reverse=True) and kept[-1] < 64
