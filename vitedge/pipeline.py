@@ -378,7 +378,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
             "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
             "speedup": unpruned["median_ms"] / measured["median_ms"],
             "format": artifact.fmt, "mode": schedule.mode, "package_token": model.package_token,
-            "modes_searched": list(search.modes) if isinstance(search, MeasuredSearch) else [schedule.mode],
+            "modes_searched": list(search.modes) if isinstance(search, MeasuredSearch) else [] if keep_all else [schedule.mode],
             "objective": "keep-all" if keep_all else ("measured" if isinstance(search, MeasuredSearch) else "fisher"),
             **({"tflite_converter": artifact.converter} if artifact.converter else {}),
             **({"conversions": artifact.conversions} if artifact.conversions else {}),
