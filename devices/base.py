@@ -7,7 +7,11 @@ documented there. No torch here.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Callable
@@ -59,7 +63,9 @@ class Device:
     def measure_model(self, model_path, feeds_list: list, *, name: str = "model") -> dict:
         """Time a whole model cycling through ``feeds_list`` (one dict of arrays per image).
 
-        Returns the runner's Measurement dict (samples_ms, median_ms, p90_ms, mad_ms, runs, ...).
+        Returns the runner's Measurement dict (samples_ms, median_ms, p90_ms, mad_ms, runs, ...) with
+        ``footprint``: file size (bytes), session creation and first inference (ms), peak RSS (MiB) of
+        the process that ran it (:func:`vitedge.devices.runner.load_model`; None where not reported).
         Raises DeviceError when the measurement failed.
         """
         raise NotImplementedError
@@ -76,7 +82,40 @@ class Device:
 
 @dataclass
 class LocalDevice(Device):
-    """This machine, in process (no copy, no subprocess)."""
+    """This machine, in process (no copy); the footprint of each model file is measured once in a fresh
+    runner process (:meth:`process_footprint`), as on a device."""
+
+    footprints: dict = field(default_factory=dict, repr=False, compare=False)  # (file, size, mtime) -> footprint
+
+    def process_footprint(self, model_path, feeds: dict) -> dict | None:
+        """Load time, first inference and memory of ``model_path`` in a fresh ``python runner.py`` process
+        (the in-process numbers would be this process's, vitedge included, and memory freed by a model
+        loaded before stays resident); cached per file.  None when that process fails (e.g. a runtime
+        registered only in this process): the caller keeps its in-process numbers."""
+        st = os.stat(model_path)
+        key = (os.path.abspath(model_path), st.st_size, st.st_mtime_ns, self.runtime, self.threads)
+        if key in self.footprints:
+            return self.footprints[key]
+        fp = None
+        with tempfile.TemporaryDirectory(prefix="vitedge-footprint-") as tmp:
+            np_feeds = os.path.join(tmp, "feeds.npz")
+            import numpy as np
+
+            np.savez(np_feeds, **{k: np.asarray(v) for k, v in feeds.items()})
+            plan = {"runtime": self.runtime, "threads": self.threads,
+                    "config": {"warmup": 0, "min_runs": 1, "min_time_s": 0.0, "reference_every": 0},
+                    "points": [{"name": "footprint", "model": os.path.abspath(model_path), "inputs_npz": np_feeds}]}
+            with open(os.path.join(tmp, "plan.json"), "w") as f:
+                json.dump(plan, f)
+            p = subprocess.run([sys.executable, runner.__file__, os.path.join(tmp, "plan.json"), os.path.join(tmp, "r.json")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=False)
+            if p.returncode == 0:
+                with open(os.path.join(tmp, "r.json")) as f:
+                    fp = next(iter((json.load(f).get("models") or {}).values()), None)
+        if fp is not None:
+            fp = dict(fp, memory_scope="a fresh runner process on this machine")
+        self.footprints[key] = fp
+        return fp
 
     def runtime_version(self) -> str:
         pkgs = host_packages(self.runtime)
@@ -95,9 +134,11 @@ class LocalDevice(Device):
             raise DeviceError(f"local device rejected the plan: {e}") from None
 
     def measure_model(self, model_path, feeds_list, *, name="model") -> dict:
-        session = runner.open_session(self.runtime, str(model_path), self.threads)
-        m = runner.measure_feeds(session, feeds_list, self.config, name).to_dict()
+        m = runner.measure_file(lambda: runner.open_session(self.runtime, str(model_path), self.threads),
+                                str(model_path), feeds_list, self.config, name)
         if m["error_code"] != 0:
             raise DeviceError(f"measuring {model_path} on {self.name} failed: {m['error']}")
-        m["environment"] = runner.environment(self.runtime, self.threads, session.version)
+        fresh = self.process_footprint(model_path, feeds_list[0]) if feeds_list else None
+        m["footprint"] = fresh or dict(m["footprint"], memory_scope="host process (in-process local device)")
+        m["environment"] = runner.environment(self.runtime, self.threads, m.pop("runtime_version"))
         return m

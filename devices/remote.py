@@ -421,6 +421,10 @@ class RemoteDevice(Device):
         if m["error_code"] != 0:
             raise DeviceError(f"measuring {model_path} on {self.label} failed: {m['error']}")
         m["environment"] = result["environment"]
+        fp = next(iter((result.get("models") or {}).values()), None)  # one model in this plan
+        if fp is not None:
+            m["footprint"] = dict(fp, memory_scope="the runner process on the device" if self.python is not None
+                                  else f"{self.runtime} on the device")
         return m
 
     def describe(self) -> dict:

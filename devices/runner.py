@@ -3,11 +3,14 @@
 Self-contained: imports only the standard library and numpy at import time; the runtime
 (``onnxruntime``, LiteRT: ai-edge-litert or tflite-runtime, ...) is imported lazily when a model
 is opened.  The file is
-copied as-is to a Raspberry Pi / phone and must never import torch or vitedge (Python >= 3.9).
+copied as-is to a Raspberry Pi / phone and must never import torch or vitedge (Python >= 3.8).
 
 Protocol (after TVM auto_scheduler ``measure.py`` and TFLite ``benchmark_model``)
   * One session per model file, created once and reused by every point naming that file
     (a model with a dynamic token axis serves all token counts).
+  * Per model file, as TFLite ``benchmark_model`` reports: the session's creation time, one first
+    inference (before any warm-up, on the first point's first input set), the file size and the
+    process's peak resident memory (the "footprint" section below).
   * Per point: ``warmup`` untimed runs, then timed runs (``time.perf_counter_ns`` around each
     run) until ``runs >= min_runs`` and timed wall time ``>= min_time_s``, or ``max_runs``.
     A point whose wall time passes ``timeout_s`` (checked between runs: a run in progress is
@@ -58,8 +61,11 @@ Result JSON::
      "points": [{"name", "samples_ms", "median_ms", "p90_ms", "mad_ms", "runs", "error_code",
                  "error", "timestamp", "index" (position in the plan), "model", "tags"}],
      "drift": {"detected", "reference_medians_ms", "max_rel_dev", "tolerance"},
-     "runtime_info": {model: {...}}}    # only when a runtime reports details, e.g. LiteRT's
+     "runtime_info": {model: {...}},    # only when a runtime reports details, e.g. LiteRT's
                                         # {"interpreter", "delegation": {"nodes", "delegate_partitions"}}
+     "models": {model: {"file_bytes", "load_ms", "first_inference_ms", "rss_before_mib",
+                        "peak_rss_mib", "model_rss_mib", "memory_source", "peak_isolated"}}}
+                                        # per model file: see the "footprint" section
 
 ``points`` are in plan order.  On error median/p90/mad are null.  ``--progress-jsonl`` also
 writes each row to stdout as ``{"point": ROW}`` when it is measured (the host's resumable
@@ -183,7 +189,8 @@ def _onnxruntime_factory(model_path: str, threads: int):
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
     sess = ort.InferenceSession(model_path, sess_options=so, providers=["CPUExecutionProvider"])
     specs = [{"name": i.name, "shape": list(i.shape), "dtype": _ORT_TYPES.get(
-        i.type.removeprefix("tensor(").removesuffix(")"), i.type)} for i in sess.get_inputs()]
+        i.type[len("tensor("):-1] if i.type.startswith("tensor(") else i.type, i.type)}
+        for i in sess.get_inputs()]  # (no str.removeprefix: the runner keeps Python 3.8)
     outputs = [o.name for o in sess.get_outputs()]
     return (lambda feeds: sess.run(outputs, feeds)), specs, ort.__version__
 
@@ -448,6 +455,9 @@ _SUMMARY_NEW = re.compile(r"Inference timings in us: Init: (?P<init>[\d.eE+-]+),
                           r"Inference \(avg\): (?P<avg>[\d.eE+-]+)")
 _SUMMARY_OLD = re.compile(r"Average inference timings in us: Warmup: (?P<warmup>[\d.eE+-]+), "
                           r"Init: (?P<init>[\d.eE+-]+), Inference: (?P<avg>[\d.eE+-]+)")
+_MEMORY_DELTA = re.compile(r"Memory footprint delta from the start of the tool \(MB\): init=(?P<init>[\d.eE+-]+) "
+                           r"overall=(?P<overall>[\d.eE+-]+)")
+_MEMORY_PEAK = re.compile(r"Overall peak memory footprint \(MB\) via periodic monitoring: (?P<peak>[\d.eE+-]+)")
 _STAT_PAIR = re.compile(r"\b(count|first|curr|min|max|avg|std|p5|median|p95)=([\d.eE+-]+)")
 _PLACEHOLDER = re.compile(r"\{(\w*)\}")
 TEMPLATE_KEYS = ("model", "threads", "warmup", "runs", "min_time", "timeout", "name",
@@ -488,6 +498,12 @@ def parse_benchmark_model(text: str) -> dict:
            "avg_us": _num(summary["avg"])}
     if "first" in summary.groupdict():
         out["first_us"] = _num(summary["first"])
+    for ln in lines:  # optional memory lines (MB), printed after the summary by newer builds
+        m = _MEMORY_DELTA.search(ln) or _MEMORY_PEAK.search(ln)
+        if m and "peak" in m.groupdict():
+            out["peak_memory_mb"] = _num(m["peak"])
+        elif m:
+            out["memory_delta_mb"] = _num(m["overall"])
     for ln in reversed(lines[:at]):
         pairs = dict(_STAT_PAIR.findall(ln))
         if "count" in pairs and "avg" in pairs:
@@ -662,6 +678,131 @@ def _command_factory(model_path: str, threads: int, template=(), execute: Callab
     return ToolSession("command", model_path, threads, argv, _command_measurement,
                        version or f"command-{os.path.basename(str(template[0]))}",
                        execute or run_argv)
+
+
+# ---------------------------------------------------------------- footprint
+# What TFLite's benchmark_model reports besides the steady state, per model file: its size, the time
+# to create the session (``load_ms``: read, graph optimisation, delegate), the first inference
+# (``first_inference_ms``, one run before any warm-up: lazy allocation and packing), and the memory
+# of the process that runs it.  Memory (MiB) comes from /proc/self/status on Linux: ``rss_before_mib``
+# (VmRSS just before the session is created) and ``peak_rss_mib`` (VmHWM, the process's peak, reset
+# to the current RSS before each model by writing "5" to /proc/self/clear_refs, so each model's peak
+# is its own); ``model_rss_mib`` = peak - before is what loading and running this model added.
+# Where the peak cannot be reset the peak is the process's since it started and ``model_rss_mib``
+# is None; without /proc (macOS) the peak is getrusage's ru_maxrss and the source says so; with
+# neither the values are None.  ``memory_source`` names what was read.  Under qemu-user the numbers
+# are the emulator process's.
+MIB = 1024.0 * 1024.0
+
+
+def memory_status() -> dict:
+    """This process's resident memory: {"rss_mib": now, "peak_rss_mib": peak, "source"} in MiB.
+
+    ``source``: "VmHWM" (Linux /proc/self/status), "ru_maxrss" (getrusage: peak only, rss None) or
+    None (neither available: both None).  Never raises.
+    """
+    text = _read("/proc/self/status")
+    kib = dict(re.findall(r"^(VmHWM|VmRSS):\s+(\d+)\s+kB", text, re.M))
+    if "VmHWM" in kib:
+        return {"rss_mib": int(kib.get("VmRSS", 0)) / 1024.0, "peak_rss_mib": int(kib["VmHWM"]) / 1024.0,
+                "source": "VmHWM"}
+    try:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        scale = MIB if sys.platform == "darwin" else 1024.0
+        return {"rss_mib": None, "peak_rss_mib": peak / scale, "source": "ru_maxrss"}
+    except (ImportError, OSError, ValueError):
+        return {"rss_mib": None, "peak_rss_mib": None, "source": None}
+
+
+def reset_peak_memory() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def import_runtime(runtime: str, options: dict | None = None) -> None:
+    """Import the runtime's package now, untimed, so that the first model's ``load_ms`` and memory do not
+    include it (benchmark_model's Init excludes process start too).  Best effort: never raises (opening
+    the model reports a missing runtime)."""
+    with contextlib.suppress(Exception):
+        if runtime == "onnxruntime":
+            import onnxruntime  # noqa: F401
+        elif runtime == "litert":
+            _litert_interpreter((options or {}).get("interpreter", "auto"))
+
+
+def load_model(open_fn: Callable[[], Any], model_path: str) -> tuple:
+    """Call ``open_fn()`` (which creates the session of ``model_path``) timed, with the peak memory reset
+    first; returns (session, footprint dict, see the section comment).  Raises what ``open_fn`` raises."""
+    isolated = reset_peak_memory()
+    before = memory_status()
+    t0 = time.perf_counter_ns()
+    session = open_fn()
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+    try:
+        size = os.path.getsize(model_path)
+    except OSError:
+        size = None
+    return session, {"file_bytes": size, "load_ms": load_ms, "first_inference_ms": None,
+                     "rss_before_mib": before["rss_mib"], "peak_rss_mib": before["peak_rss_mib"],
+                     "model_rss_mib": None, "memory_source": before["source"], "peak_isolated": isolated}
+
+
+def first_inference(session, feeds: dict, footprint: dict) -> None:
+    """Time one run of ``session`` on ``feeds`` into ``footprint["first_inference_ms"]`` (once; an error
+    leaves it None: the timed runs that follow record it)."""
+    if footprint.get("first_inference_ms") is not None:
+        return
+    t0 = time.perf_counter_ns()
+    try:
+        session.run(feeds)
+    except Exception:  # noqa: BLE001 - the measurement records the runtime's error
+        return
+    footprint["first_inference_ms"] = (time.perf_counter_ns() - t0) / 1e6
+
+
+def update_peak(footprint: dict) -> dict:
+    """Read the peak RSS into ``footprint`` (and model_rss_mib where the peak was reset); returns it."""
+    now = memory_status()
+    if now["peak_rss_mib"] is not None:
+        footprint["peak_rss_mib"] = max(now["peak_rss_mib"], footprint.get("peak_rss_mib") or 0.0)
+        before = footprint.get("rss_before_mib")
+        if footprint.get("peak_isolated") and before is not None:
+            footprint["model_rss_mib"] = max(footprint["peak_rss_mib"] - before, 0.0)
+    return footprint
+
+
+def tool_footprint(model_path: str, tool: dict) -> dict:
+    """The footprint a self-timed tool reported (benchmark_model: Init, First inference, peak memory)."""
+    try:
+        size = os.path.getsize(model_path)
+    except OSError:
+        size = None
+    us = lambda k: tool[k] / 1000.0 if isinstance(tool.get(k), (int, float)) else None  # noqa: E731
+    peak = tool.get("peak_memory_mb")
+    return {"file_bytes": size, "load_ms": us("init_us"), "first_inference_ms": us("first_us"),
+            "rss_before_mib": None, "peak_rss_mib": peak, "model_rss_mib": tool.get("memory_delta_mb"),
+            "memory_source": tool.get("name") if peak is not None else None, "peak_isolated": peak is not None}
+
+
+def measure_file(session_fn: Callable[[], Any], model_path: str, feeds_list: list, cfg: "MeasureConfig | None" = None,
+                 name: str = "model") -> dict:
+    """Open a model (``session_fn()``), run it once (first inference), time it cycling through
+    ``feeds_list`` (:func:`measure_feeds`); the Measurement dict with ``footprint`` added.
+    Raises what opening the model raises (RuntimeMissingError, the runtime's load error)."""
+    session, fp = load_model(session_fn, model_path)
+    if feeds_list:
+        with contextlib.suppress(ValueError):
+            first_inference(session, _named_feeds(session, feeds_list[0]), fp)
+    m = measure_feeds(session, feeds_list, cfg, name).to_dict()
+    m["footprint"] = update_peak(fp)
+    m["runtime_version"] = getattr(session, "version", None)
+    return m
 
 
 # ---------------------------------------------------------------- measurement
@@ -932,7 +1073,10 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
     options = p["runtime_options"]
     factory = session_factory or (lambda rt, path, th: open_session(rt, path, th, options))
     started = time.time()
+    if session_factory is None:
+        import_runtime(runtime, options)
     sessions: dict[str, Any] = {}  # model path -> Session or the exception opening it
+    footprints: dict[str, dict] = {}  # model path -> load time, first inference, memory (see "footprint")
     rows: dict[int, dict] = {}
     order: list[str] = []
     ref_idx = next(i for i, q in enumerate(points) if q["name"] == p["reference"])
@@ -944,7 +1088,8 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
         path = os.path.abspath(q["model_path"])
         if path not in sessions:
             try:
-                sessions[path] = factory(runtime, q["model_path"], threads)
+                sessions[path], fp = load_model(lambda: factory(runtime, q["model_path"], threads), q["model_path"])
+                footprints[path] = fp
             except Exception as e:  # noqa: BLE001 - recorded per point, except environment-wide
                 if isinstance(e, (RuntimeMissingError, PlanError)):
                     raise
@@ -952,6 +1097,8 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
         sess = sessions[path]
         if getattr(sess, "measure_point", None) is not None:  # self-timed tool
             m, extra = sess.measure_point(q, cfg)
+            if isinstance(extra.get("tool"), dict) and not footprints.get(path, {}).get("from_tool"):
+                footprints[path] = dict(tool_footprint(q["model_path"], extra["tool"]), from_tool=True)  # its own timing
             if q.get("outputs_path"):
                 extra = dict(extra, outputs_error=f"{runtime} times itself: it returns no outputs")
             return dict(m.to_dict(), **extra, index=i, model=q["model"], tags=q["tags"])
@@ -965,6 +1112,9 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
             except Exception as e:  # noqa: BLE001
                 code, err = ErrorCode.INPUT_ERROR, e
         extra = {}
+        if code is None and path in footprints:
+            with contextlib.suppress(ValueError):  # a feed naming no input: the timed runs report it
+                first_inference(sess, _named_feeds(sess, feeds_list[0]), footprints[path])
         if code is None and len(feeds_list) == 1:
             feeds = feeds_list[0]
             m = measure(lambda: sess.run(feeds), cfg, q["name"])
@@ -973,6 +1123,8 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
         else:
             m = Measurement(q["name"], error_code=code, error=_one_line(err),
                             timestamp=time.time())
+        if path in footprints:
+            update_peak(footprints[path])
         if code is None and q.get("outputs_path") and i not in saved:
             try:
                 save_outputs(sess, feeds_list, q["outputs_path"])
@@ -1011,6 +1163,7 @@ def run_plan(plan: dict, *, on_point: Callable[[dict], None] | None = None,
             "points": [rows[i] for i in range(len(points))],
             "drift": detect_drift(ref_medians, cfg.drift_tolerance),
             **({"runtime_info": info} if info else {}),
+            "models": {model_of[k]: {x: v for x, v in fp.items() if x != "from_tool"} for k, fp in footprints.items()},
             "started": started, "finished": time.time()}
 
 

@@ -14,6 +14,7 @@ from .data.images import image_set_hash, load_image_folder, resolve_images
 from .devices import Device, MeasureConfig, get_device
 from .devices.runtimes import FORMAT_RUNTIME, has_dynamic_shapes, profile_format, runtime_format
 from .exporters.registry import Exporter, get_exporter
+from .footprint import describe_table
 from .models.adapter import PrunableViT
 from .models.loading import load_prunable, model_hash
 from .models.reference import REFERENCE_NAME
@@ -36,6 +37,8 @@ class Options:
     ema: bool = False                # a training checkpoint's EMA weights
     data: str | None = None
     eval_data: str | None = None
+    measure_data: str | None = None  # images the closed loop is timed on (default: the calibration images)
+    budget_quantile: float = 0.5     # the budget holds at this quantile of the per-image latency (vitedge.quantile)
     calib_limit: int | None = None
     device: str = "local"
     runtime: str | None = None      # None: the device preset's, else onnxruntime
@@ -150,6 +153,7 @@ class Context:
         self.shape = model_shape(self.model)
         self._images: ImageSet | None = images
         self._given_images, self._eval_images = images, eval_images
+        self._measure_images: ImageSet | None = None
         self._device: Device | None = None
         self._table_device: Device | None = None
         self.searches: dict = {}  # measured searches by calibration, table and knobs (reused across budgets)
@@ -322,12 +326,22 @@ class Context:
         if self.opts.profile_partial:  # the table is saved: its partial file has done its job
             Path(self.opts.profile_partial).unlink(missing_ok=True)
         self.log(f"profiled {table.meta['points']} points on {dev.name} in {table.meta['profile_seconds']:.1f} s -> {cached}")
+        self.log(f"footprint on {dev.name}: {describe_table(table.meta.get('footprint'))}")
         if table.drift.get("detected"):
             self.log(f"warning: latency drift during profiling (reference moved {100 * table.drift['max_rel_dev']:.0f} %): "
                      "the machine is busy or throttling; re-profile with --no-cache when it is idle")
         return table
 
+    @property
+    def measure_images(self) -> ImageSet:
+        """Images the closed loop times the model on: ``--measure-data``, else the calibration images."""
+        if self.opts.measure_data is None:
+            return self.images
+        if self._measure_images is None:
+            self._measure_images = load_image_folder(self.opts.measure_data, self.model.vit)
+        return self._measure_images
+
     def feeds(self, count: int = 32) -> list[dict]:
-        """Input dicts for whole-model timing: the first ``count`` calibration images, batch 1."""
-        ims = self.images.images[:count]
+        """Input dicts for whole-model timing: the first ``count`` measurement images (:attr:`measure_images`), batch 1."""
+        ims = self.measure_images.images[:count]
         return [{"image": ims[i:i + 1]} for i in range(len(ims))]

@@ -19,6 +19,7 @@ from .evaluate import evaluate_schedule, predict_unpruned
 from .exporters.onnx import file_sha256
 from .exporters.registry import get_exporter
 from .io import atomic_path, atomic_write_json
+from .quantile import check_quantile, latency_at
 from .schedule import Schedule
 from .search import BudgetUnreachableError
 from .search.measured import MeasuredSearch, plan_knobs
@@ -242,14 +243,14 @@ class ClosedLoop:
             with self.ctx.model.pruning(schedule):
                 self.artifact.export(self.ctx.model, path)
             m = self.ctx.device.measure_model(path, self.ctx.feeds(), name=f"round{r}")
-            med = m["median_ms"]
+            med = m["at_quantile_ms"] = latency_at(m, self.ctx.opts.budget_quantile)  # the median by default
             self.rounds.append({"round": r, "search_budget_ms": target, "predicted_ms": schedule.predicted,
                                 "predicted_realised_ms": realised, "measured_ms": med,
                                 "mean_kept": [float(v) for v in kept.mean(axis=1)], "candidates": schedule.candidates})
             self.log(f"  round {r}: search budget {target:.3f} ms -> predicted {realised:.3f} ms, measured {med:.3f} ms")
-            if med <= budget and (best is None or med > best[2]["median_ms"]):
+            if med <= budget and (best is None or med > best[2]["at_quantile_ms"]):
                 best = (schedule, path, m)
-            if best is not None and best[2]["median_ms"] >= ACCEPT_LOW * budget:
+            if best is not None and best[2]["at_quantile_ms"] >= ACCEPT_LOW * budget:
                 break
             bias = min(max(med / realised, 1 / MAX_STEP), MAX_STEP) if realised > 0 else 1.0
         if best is None:
@@ -286,6 +287,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
         raise ValueError(f"--budget-ms must be a positive number of milliseconds, got {budget_ms}")
     if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
         raise ValueError(f"--max-accuracy-drop must be a number of points >= 0, got {max_accuracy_drop}")
+    q = ctx.opts.budget_quantile = check_quantile(ctx.opts.budget_quantile)
     t0 = time.time()
     out = Path(out)
     model = ctx.model
@@ -308,7 +310,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
             artifact.export(model, unpruned_path, pruned=False)
         unpruned = ctx.device.measure_model(unpruned_path, ctx.feeds(), name="unpruned")
         log(f"unpruned: {unpruned['median_ms']:.3f} ms median on {ctx.device.name} ({ctx.device.runtime}, {ctx.device.threads} threads)")
-        keep_all = budget_ms is not None and budget_ms >= unpruned["median_ms"]
+        keep_all = budget_ms is not None and budget_ms >= latency_at(unpruned, q)
         cal = table = search = evaluator = None
         rounds: list[dict] = []
         if keep_all:  # fast path: neither calibration nor a latency table is needed
@@ -322,7 +324,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
             with model.pruning(schedule):
                 artifact.export(model, path)  # the pruned graph's interface (kept-token outputs), nothing pruned
             measured = ctx.device.measure_model(path, ctx.feeds(), name="keep_all")
-            if measured["median_ms"] > budget_ms:  # the budget sits within the unpruned latency's noise: prune a little
+            if latency_at(measured, q) > budget_ms:  # the budget sits within the unpruned latency's noise: prune a little
                 notes[-1] = (f"budget {budget_ms:.3f} ms is near the unpruned latency ({unpruned['median_ms']:.3f} ms, "
                              f"then {measured['median_ms']:.3f} ms without pruning): searching")
                 log(notes[-1])
@@ -372,7 +374,9 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
                    "capacity": schedule.capacities[l], "mean_kept_tokens": float(kept[l].mean()),
                    "calibration_predicted_kept": schedule.predicted_kept[l]} for l in range(model.depth)]
         report = {
-            "budget_ms": budget_ms, "budget_met": budget_ms is None or measured["median_ms"] <= budget_ms,
+            "budget_ms": budget_ms, "budget_met": budget_ms is None or latency_at(measured, q) <= budget_ms,
+            "budget_quantile": q, "measured_at_quantile_ms": latency_at(measured, q),
+            "footprint": {"model": measured.get("footprint"), "unpruned": unpruned.get("footprint")},
             "max_accuracy_drop": max_accuracy_drop,
             "predicted_ms": predicted, "search_predicted_ms": schedule.predicted,
             "measured_ms": _measurement_summary(measured), "unpruned_ms": _measurement_summary(unpruned),
@@ -393,7 +397,8 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
                                                                   "threads": ctx.device.threads}),
                        "measure_protocol": ctx.device.describe()["config"],
                        "model_runtime": ctx.device.runtime},  # the table's runtime differs for threshold mode via onnx2tf
-            "images": {"calibration": ctx.images.name, "count": len(ctx.images), "measured_on": len(ctx.feeds())},
+            "images": {"calibration": ctx.images.name, "count": len(ctx.images), "measured_on": len(ctx.feeds()),
+                       "measure_data": ctx.measure_images.name},  # the images the budget was measured on
             "artifacts": {f"model{artifact.suffix}": file_sha256(path),
                           "calibration_model_hash": cal.meta["model_hash"] if cal is not None else None,
                           "calibration_image_set_hash": cal.meta["image_set_hash"] if cal is not None else None,

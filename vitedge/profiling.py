@@ -18,6 +18,7 @@ from .devices import Device, DeviceError
 from .devices.runner import detect_drift
 from .devices.runtimes import has_dynamic_shapes, profile_format
 from .errors import DeviceFailure
+from .footprint import table_footprint
 from .exporters.graphs import export_parts
 from .models.adapter import PrunableViT
 from .partial import PartialProfile, fingerprint
@@ -186,4 +187,5 @@ def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: 
                 "threads": device.threads, "environment": env},
         parts=parts_out, fixed=fixed, protocol=result["config"], drift=result["drift"],
         meta={**(meta or {}), "measured_tokens": [n for n in tokens if n > model.num_prefix], "reference": result["reference"],
+              "footprint": table_footprint(result),  # per part: file size, load, first inference, memory
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -61,6 +61,9 @@ def _floats(text: str, what: str) -> tuple:
 @click.option("--statistic", type=click.Choice(["median", "p25", "p10", "min"]), default="median", show_default=True,
               help="per-round statistic compared (p10/min: robust on contended machines; the budget always uses --quantile).")
 @click.option("--max-regression", default=None, help="tolerated slow-down, '5%' or '0.05' [default: 5%].")
+@click.option("--max-memory-regression", default=None,
+              help="fail when MODEL's own memory (peak RSS while loading and running it, minus before) grows more than "
+                   "this against --against/--baseline, '10%' or '0.1' (growth under 1 MiB is ignored).")
 @click.option("--expect-faster", is_flag=True, help="pass only if MODEL is faster than the base with confidence (CI upper < 1).")
 @click.option("--min-speedup", type=float, default=None, help="with --expect-faster: required speed-up factor (CI upper < 1/X).")
 @click.option("--budget-ms", type=float, default=None, help="fail when MODEL's median (or --quantile) exceeds this (ms).")
@@ -76,7 +79,7 @@ def _floats(text: str, what: str) -> tuple:
 @click.option("--quiet", is_flag=True, help="no progress lines on stderr.")
 @click.pass_context
 def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic, runtime, threads, data, images, mean, std, warmup, runs, min_time, rounds, max_rounds,
-          against, baseline, save_baseline, force, max_regression, expect_faster, min_speedup, budget_ms, quantile,
+          against, baseline, save_baseline, force, max_regression, max_memory_regression, expect_faster, min_speedup, budget_ms, quantile,
           max_cv, drift_tolerance, confidence, seed, as_json, junit, output, quiet):
     """Measure MODEL on a device and gate on latency: --budget-ms, --baseline FILE, or --against OTHER (A/B).
 
@@ -97,6 +100,8 @@ def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic,
         if against is None and baseline is None and (expect_faster or explicit):
             raise BenchError("--max-regression / --expect-faster need something to compare with: "
                              "--against OTHER_MODEL or --baseline FILE")
+        if max_memory_regression is not None and against is None and baseline is None:
+            raise BenchError("--max-memory-regression needs something to compare with: --against OTHER_MODEL or --baseline FILE")
         if expect_faster and explicit:
             raise BenchError("give --max-regression (a tolerated slow-down) or --expect-faster (a required speed-up), not both")
         try:
@@ -112,6 +117,8 @@ def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic,
             data=data, images=images, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), warmup=warmup, runs=runs, min_time_s=min_time,
             rounds=rounds, max_rounds=max_rounds,
             max_regression=parse_fraction(max_regression if max_regression is not None else "5%"),
+            max_memory_regression=(None if max_memory_regression is None
+                                   else parse_fraction(max_memory_regression, "--max-memory-regression")),
             expect_faster=expect_faster, min_speedup=1.0 if min_speedup is None else min_speedup,
             budget_ms=budget_ms, quantile=quantile, max_cv=max_cv, drift_tolerance=drift_tolerance,
             confidence=confidence, seed=seed, force=force)

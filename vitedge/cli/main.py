@@ -13,6 +13,7 @@ import click
 
 from ..context import Context, Options
 from ..exporters.registry import converters, formats
+from ..footprint import export_footprint_lines
 
 
 def _fail(msg: str, code: int = 2):
@@ -278,13 +279,17 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, max_accu
 @search_options
 @click.option("--budget-ms", type=float, default=None, help="latency budget (ms, median on the device).")
 @click.option("--eval-data", default=None, help="labelled images (class sub-folders) for the accuracy report.")
+@click.option("--budget-quantile", type=float, default=0.5, show_default=True,
+              help="the budget holds at this quantile of the per-image latency (0.5: median; 0.9: nine images in ten).")
+@click.option("--measure-data", default=None,
+              help="images the closed loop times the model on (ImageFolder or flat folder; default: the calibration images).")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None)
 @click.option("--latency-table", type=click.Path(path_type=Path), default=None)
 @click.option("--max-rounds", type=click.IntRange(min=1, max=20), default=5, show_default=True, help="closed-loop rounds.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("vitedge-out"), show_default=True, help="output folder.")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON.")
 @_handle_errors
-def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rounds, as_json, max_accuracy_drop, **kw):
+def export_cmd(output, budget_ms, eval_data, budget_quantile, measure_data, calibration, latency_table, max_rounds, as_json, max_accuracy_drop, **kw):
     """The main job: calibrate, profile, search, export (ONNX or TFLite), and measure it against the budget."""
     from ..pipeline import run_export
 
@@ -295,7 +300,7 @@ def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rou
     if max_accuracy_drop is not None and not max_accuracy_drop >= 0:
         raise ValueError(f"--max-accuracy-drop must be >= 0 points, got {max_accuracy_drop}")
     opts = _search_options(_options(kw), kw)
-    opts.eval_data = eval_data
+    opts.eval_data, opts.measure_data, opts.budget_quantile = eval_data, measure_data, budget_quantile
     ctx = Context(opts, log=_log)
     report = run_export(ctx, budget_ms, output, max_accuracy_drop=max_accuracy_drop, calibration_path=calibration,
                         table_path=latency_table, max_rounds=max_rounds, log=_log)
@@ -312,6 +317,7 @@ def export_cmd(output, budget_ms, eval_data, calibration, latency_table, max_rou
         f"kept      mean patch tokens per block {kept} ({report['mode']} mode, {report['format']}"
         + (f" via {report['tflite_converter']}" if report.get("tflite_converter") else "") + ")",
         f"parity    max |logit diff| {report['parity']['max_abs_diff']:.1e}, top-1 agreement {report['parity']['top1_agreement']:.3f}",
+        export_footprint_lines(report),
     ]
     if "xnnpack" in report:
         x = report["xnnpack"]

@@ -38,7 +38,8 @@ def make_baseline(result: dict) -> dict:
             "model": {k: new["model"][k] for k in ("path", "sha256", "input")},
             "device": result["device"], "images": result["images"], "protocol": result["protocol"],
             "summary": {k: v for k, v in new["stats"].items() if k != "round_medians_ms"},
-            "samples_ms": new["samples_ms"], "environment": result["environment"]}
+            "samples_ms": new["samples_ms"], "environment": result["environment"],
+            "footprint": new.get("footprint")}  # load time, first inference, memory (optional: older files lack it)
 
 
 def load_baseline(path: str | Path) -> dict:

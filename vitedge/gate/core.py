@@ -56,6 +56,7 @@ import numpy as np
 from vitedge.devices import Device, DeviceError, PlanError, RuntimeMissingError, get_device
 from vitedge.devices.base import file_sha256
 from vitedge.devices.runner import detect_drift
+from vitedge.footprint import combine, memory_check
 
 from .baseline import check_baseline, load_baseline
 from .inputs import RUNTIMES_FOR_SUFFIX, load_feeds, read_input_spec, runtime_for
@@ -81,6 +82,7 @@ class _Model:
     spec: dict
     sha256: str
     rounds: list = field(default_factory=list)     # per-round samples (ms)
+    footprints: list = field(default_factory=list)  # per round: load time, first inference, memory (vitedge.footprint)
     environment: dict | None = None
 
     def describe(self) -> dict:
@@ -163,6 +165,7 @@ class Gate:
         if not samples:
             raise BenchError(f"measuring {m.path} on {self.s.device} returned no samples: {res.get('error')}")
         m.rounds.append(samples)
+        m.footprints.append(res.get("footprint"))
         if m.environment is None:
             m.environment = res.get("environment")
 
@@ -299,6 +302,14 @@ class Gate:
                                     "fail if CI lower > t, pass if CI upper <= t") + ", else inconclusive",
                            "method": method, **extra}}
 
+    def _memory(self) -> dict | None:
+        """``--max-memory-regression``: the model's own memory against the other model's or the baseline's."""
+        if self.s.max_memory_regression is None or self.mode == "single":
+            return None
+        base = combine(self.base.footprints) if self.base is not None else self.baseline.get("footprint")
+        against = "the base model" if self.base is not None else "the baseline"
+        return memory_check(combine(self.new.footprints), base, self.s.max_memory_regression, against=against)
+
     def _budget(self, stable: bool) -> dict | None:
         """Pass when the quantile is <= the budget, fail when above. When the budget lies inside the
         quantile's CI (a close call) the point estimate decides only if the measurement is stable;
@@ -333,7 +344,7 @@ class Gate:
         t0 = time.time()
         self.measure()
         stable = not self._stability_problems()[0]
-        checks = [c for c in (self._budget(stable), self._comparison()) if c is not None]
+        checks = [c for c in (self._budget(stable), self._comparison(), self._memory()) if c is not None]
         if stability_gates is None:
             stability_gates = self.mode == "baseline" or (self.mode == "single" and self.s.budget_ms is None)
         checks.append(self._stability(stability_gates))
@@ -368,7 +379,7 @@ class Gate:
             "base": self._side(self.base) if self.base is not None else None,
             "baseline": None if self.baseline is None else {
                 "path": str(self.baseline_path), "created": self.baseline.get("created"), "model": self.baseline["model"],
-                "stats": summary(self.baseline["samples_ms"])},
+                "stats": summary(self.baseline["samples_ms"]), "footprint": self.baseline.get("footprint")},
             "environment": self.environment(),
             "seconds": round(time.time() - t0, 2),
         }
@@ -387,5 +398,5 @@ class Gate:
 
     @staticmethod
     def _side(m: _Model) -> dict:
-        return {"model": m.describe(), "stats": summary(m.rounds), "samples_ms": m.rounds}
+        return {"model": m.describe(), "stats": summary(m.rounds), "footprint": combine(m.footprints), "samples_ms": m.rounds}
 

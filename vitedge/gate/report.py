@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from ..footprint import describe
 from .baseline import _atomic_write
 from .settings import BenchError
 
@@ -27,10 +28,14 @@ def format_text(r: dict) -> str:
                 f"{st['rounds']} rounds  {path}")
 
     lines.append(side("new", r["new"]["stats"], r["new"]["model"]["path"]))
+    lines.append(f"{'':<8} {describe(r['new'].get('footprint'))}")
     if r["base"]:
         lines.append(side("base", r["base"]["stats"], r["base"]["model"]["path"]))
+        lines.append(f"{'':<8} {describe(r['base'].get('footprint'))}")
     if r["baseline"]:
         lines.append(side("baseline", r["baseline"]["stats"], f"{r['baseline']['path']} ({r['baseline']['created']})"))
+        if r["baseline"].get("footprint"):
+            lines.append(f"{'':<8} {describe(r['baseline']['footprint'])}")
     for c in r["checks"]:
         lines.append(f"check    {c['name']:<10} {c['status'].upper():<12} {c['message']}")
     for n in r["notes"]:

@@ -55,6 +55,7 @@ class BenchSettings:
     max_rounds: int | None = None       # A/B: at most this many pairs (None: 3 x rounds)
     statistic: str = "median"           # per-round statistic compared (median, p25, p10, min)
     max_regression: float = 0.05
+    max_memory_regression: float | None = None  # memory check (vitedge.footprint.memory_check); None: report only
     expect_faster: bool = False
     min_speedup: float = 1.0
     budget_ms: float | None = None
@@ -78,6 +79,8 @@ class BenchSettings:
              f"--max-rounds must be >= --rounds, got {self.max_rounds}"),
             (self.threads >= 0, f"--threads must be >= 0 (0: all cores), got {self.threads}"),
             (0 <= self.max_regression < 1, f"--max-regression must be in [0, 1), got {self.max_regression}"),
+            (self.max_memory_regression is None or 0 <= self.max_memory_regression < 1,
+             f"--max-memory-regression must be in [0, 1), got {self.max_memory_regression}"),
             (self.min_speedup > 0 and math.isfinite(self.min_speedup), f"--min-speedup must be > 0, got {self.min_speedup}"),
             (self.budget_ms is None or (self.budget_ms > 0 and math.isfinite(self.budget_ms)),
              f"--budget-ms must be > 0, got {self.budget_ms}"),
