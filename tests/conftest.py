@@ -36,6 +36,17 @@ def require_tflite_extra(*modules: str) -> None:
         pytest.skip(f"needs the tflite extra ({', '.join(missing)} missing): pip install -e '.[test,tflite]'")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``emulated`` (an emulated Raspberry Pi, minutes, root, a first build from the network) run
+    only when the -m expression names them (`pytest -m emulated`, as .ci/run does); otherwise they skip."""
+    if "emulated" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="emulated-board test: run `pytest -m emulated` (root; .ci/run does)")
+    for item in items:
+        if "emulated" in item.keywords:
+            item.add_marker(skip)
+
+
 HAS_REG_TOKENS = "reg_tokens" in inspect.signature(VisionTransformer.__init__).parameters
 
 # name -> (timm model name, extra kwargs, expected number of prefix tokens)

@@ -104,4 +104,5 @@ def check_cmd(name, host, serial, device_opt, runtime, devices_file):
     info = getattr(dev, "probe_info", None) or {}
     click.echo(f"{dev.name}: {dev.runtime} {dev.runtime_version()}, {dev.threads} threads"
                + (f", python {info['python']}, numpy {info.get('numpy')}" if "python" in info else "")
+            + (f", {info['machine']}" if info.get("machine") else "")
                + (f" ({info['model']}, Android {info.get('android')})" if info.get("model") else ""))
