@@ -52,12 +52,24 @@ import time
 from pathlib import Path
 
 BUILD_VERSION = 1
-SUITE, ARCH, PYTHON = "bookworm", "arm64", "3.11"
+ARCH = "arm64"
+SUITES = {"bookworm": "3.11", "bullseye": "3.9"}  # Debian suite -> its Python (bullseye: Raspberry Pi OS 11's 3.9)
+# Whether the runtimes use Debian's numpy: bookworm's 1.24 satisfies them; bullseye's 1.19.5 does not (onnxruntime
+# needs >= 1.21.6 and aborts at import with it), so there `pip install onnxruntime` brings numpy 1.26 into the venv,
+# as it does on Raspberry Pi OS 11, and so does this script.
+DEBIAN_NUMPY = {"bookworm": True, "bullseye": False}
 PACKAGES = ("python3", "python3-numpy", "libstdc++6", "bash", "dash", "coreutils", "tar")  # the runner and the runtimes
 WHEELS = ("onnxruntime", "ai-edge-litert", "numpy<2")   # numpy<2: what a Pi with Debian's numpy 1.x gets
+# per suite where it differs: onnxruntime 1.19.2, the last for Python 3.9, aborts at import under qemu-user
+# without /sys ("Attempt to use DefaultLogger but none has been registered"); 1.16.3 does not
+SUITE_WHEELS = {"bullseye": ("onnxruntime==1.16.3", "ai-edge-litert", "numpy<2")}
 VENV = "/opt/ve"
-PIP_TARGET = ("--only-binary=:all:", "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_17_aarch64",
-              "--platform", "manylinux_2_28_aarch64", "--python-version", PYTHON, "--implementation", "cp")
+
+
+def pip_target(python: str) -> tuple:
+    """pip options selecting aarch64 wheels for CPython ``python``."""
+    return ("--only-binary=:all:", "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_17_aarch64",
+            "--platform", "manylinux_2_28_aarch64", "--python-version", python, "--implementation", "cp")
 HOST_ALIAS = "pi-emu"
 QEMU_CONF = "/usr/lib/binfmt.d/qemu-aarch64.conf"
 BINFMT = "/proc/sys/fs/binfmt_misc"
@@ -71,14 +83,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("VITEDGE_EMU_CACHE") or Path.home() / ".cache" / "vitedge-emu")
 
 
-def key() -> str:
-    spec = ",".join(PACKAGES) + "|" + ",".join(WHEELS)
+def key(suite: str = "bookworm") -> str:
+    spec = ",".join(PACKAGES) + "|" + ",".join(SUITE_WHEELS.get(suite, WHEELS))
     digest = __import__("hashlib").sha256(spec.encode()).hexdigest()[:8]
-    return f"{SUITE}-{ARCH}-py{PYTHON}-{digest}-v{BUILD_VERSION}"
+    return f"{suite}-{ARCH}-py{SUITES[suite]}-{digest}-v{BUILD_VERSION}"
 
 
-def paths() -> dict:
-    base = cache_root() / key()
+def paths(suite: str = "bookworm") -> dict:
+    if suite not in SUITES:
+        raise Unavailable(f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
+    base = cache_root() / key(suite)
     return {"base": base, "root": base / "root", "wheels": base / "wheels", "manifest": base / "manifest.json",
             "runs": base / "runs"}
 
@@ -168,30 +182,32 @@ def mounted(root: Path):
             subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
-def download_wheels(dest: Path, log) -> None:
+def download_wheels(dest: Path, python: str, wheels: tuple, log) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="wheels.", dir=dest.parent))
-    log(f"downloading aarch64 wheels ({', '.join(WHEELS)}) for CPython {PYTHON}")
-    _run([sys.executable, "-m", "pip", "download", "-q", *PIP_TARGET, "-d", tmp, *WHEELS], env=_pip_env())
+    log(f"downloading aarch64 wheels ({', '.join(wheels)}) for CPython {python}")
+    _run([sys.executable, "-m", "pip", "download", "-q", *pip_target(python), "-d", tmp, *wheels], env=_pip_env())
     os.replace(tmp, dest)
 
 
-def install_wheels(root: Path, wheels: Path) -> None:
+def install_wheels(root: Path, wheels: Path, python: str, debian_numpy: bool = True) -> None:
     """The runtimes into ``/opt/ve``, a virtual environment over Debian's Python that sees its numpy
     (``include-system-site-packages``), installed from this machine: pip's ``--target`` with the aarch64
     tags, every downloaded wheel but numpy (Debian's is the one used), then pyvenv.cfg and bin/python as
     ``python3 -m venv --system-site-packages`` writes them."""
     ve = root / VENV.lstrip("/")
-    site = ve / "lib" / f"python{PYTHON}" / "site-packages"
-    files = sorted(str(w) for w in wheels.glob("*.whl") if not w.name.startswith("numpy-"))
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", *PIP_TARGET, "--target", site, *files],
+    site = ve / "lib" / f"python{python}" / "site-packages"
+    files = sorted(str(w) for w in wheels.glob("*.whl") if not (debian_numpy and w.name.startswith("numpy-")))
+    # --ignore-requires-python: pip install checks this machine's Python, the download checked the board's
+    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-requires-python",
+          *pip_target(python), "--target", site, *files],
          env=_pip_env())
     (ve / "bin").mkdir(parents=True, exist_ok=True)
-    for name in ("python", "python3", f"python{PYTHON}"):
-        os.symlink(f"/usr/bin/python{PYTHON}", ve / "bin" / name)
-    (ve / "pyvenv.cfg").write_text(f"home = /usr/bin\ninclude-system-site-packages = true\nversion = {PYTHON}\n")
+    for name in ("python", "python3", f"python{python}"):
+        os.symlink(f"/usr/bin/python{python}", ve / "bin" / name)
+    (ve / "pyvenv.cfg").write_text(f"home = /usr/bin\ninclude-system-site-packages = true\nversion = {python}\n")
 
 
-def build(log=print) -> dict:
+def build(suite: str = "bookworm", log=print) -> dict:
     """Build the root and the wheels unless cached; returns the manifest (versions, seconds).
 
     The root is Debian's packages unpacked by ``mmdebstrap --variant=extract`` (no maintainer scripts run,
@@ -199,13 +215,13 @@ def build(log=print) -> dict:
     thing their scripts would have done that the runner needs, the BLAS/LAPACK alternatives numpy links
     against, is done here."""
     check()
-    p = paths()
+    p, python = paths(suite), SUITES[suite]
     if p["manifest"].is_file() and p["root"].is_dir():
         return json.loads(p["manifest"].read_text())
     p["base"].mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if not p["wheels"].is_dir():
-        download_wheels(p["wheels"], log)
+        download_wheels(p["wheels"], python, SUITE_WHEELS.get(suite, WHEELS), log)
     t_wheels = time.time() - t0
     for old in (p["root"], p["base"] / "root.partial"):
         if old.exists():  # an interrupted build: start again (never through a mount)
@@ -213,23 +229,23 @@ def build(log=print) -> dict:
                 raise Unavailable(f"{old} has mounts ({', '.join(_mounted_under(old))}): run `stop` first")
             shutil.rmtree(old)
     tmp = p["base"] / "root.partial"
-    log(f"mmdebstrap --variant=extract {SUITE} {ARCH} ({', '.join(PACKAGES)}) from {mirror()}")
+    log(f"mmdebstrap --variant=extract {suite} {ARCH} ({', '.join(PACKAGES)}) from {mirror()}")
     _run(["mmdebstrap", "--quiet", "--variant=extract", f"--architectures={ARCH}", f"--include={','.join(PACKAGES)}",
-          SUITE, tmp, mirror()])
+          suite, tmp, mirror()])
     os.chmod(tmp, 0o755)  # sshd's ChrootDirectory: owned by root, writable by nobody else
     libs = tmp / "usr" / "lib" / "aarch64-linux-gnu"
     for sub in ("blas/libblas.so.3", "lapack/liblapack.so.3"):  # update-alternatives' links (libblas3's postinst)
         if (libs / sub).exists() and not (libs / Path(sub).name).exists():
             os.symlink(sub, libs / Path(sub).name)
     t_root = time.time() - t0 - t_wheels
-    install_wheels(tmp, p["wheels"])
+    install_wheels(tmp, p["wheels"], python, DEBIAN_NUMPY[suite])
     with mounted(tmp):
         out = _run(["chroot", tmp, f"{VENV}/bin/python", "-c", VERSIONS_CODE]).stdout
     versions = json.loads(out.strip().splitlines()[-1])
     if versions.get("machine") != "aarch64":
         raise Unavailable(f"the root does not run as aarch64 here: {versions}")
     os.replace(tmp, p["root"])
-    manifest = {"key": key(), "suite": SUITE, "arch": ARCH, "mirror": mirror(), "packages": list(PACKAGES),
+    manifest = {"key": key(suite), "suite": suite, "arch": ARCH, "mirror": mirror(), "packages": list(PACKAGES),
                 "wheels": sorted(w.name for w in p["wheels"].iterdir()), "versions": versions,
                 "seconds": {"wheels": round(t_wheels, 1), "root": round(t_root, 1), "total": round(time.time() - t0, 1)},
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -258,11 +274,11 @@ def _keygen(path: Path) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-def start(log=print) -> dict:
+def start(suite: str = "bookworm", log=print) -> dict:
     """Start sshd for the built root on a free loopback port; returns the connection facts (also in
     RUN/state.json): host alias, ssh_config, python, port, known_hosts, identity, run folder."""
     check()
-    p = paths()
+    p = paths(suite)
     if not p["manifest"].is_file():
         raise Unavailable(f"no emulated root at {p['root']}: run `{Path(__file__).name} build` first")
     root = p["root"]
@@ -310,9 +326,9 @@ def start(log=print) -> dict:
     return state
 
 
-def stop(run: str | None = None, log=print) -> None:
+def stop(run: str | None = None, suite: str = "bookworm", log=print) -> None:
     """Stop the sshd of one run folder (default: every run of the cached root) and unmount /proc, /dev."""
-    p = paths()
+    p = paths(suite)
     runs = [Path(run)] if run else sorted(p["runs"].glob("run.*")) if p["runs"].is_dir() else []
     for r in runs:
         with contextlib.suppress(OSError, ValueError):
@@ -330,6 +346,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["check", "build", "start", "stop", "path"])
     ap.add_argument("--run", help="stop: the run folder printed by start (default: all)")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="bookworm",
+                    help="Debian suite: bookworm (Python 3.11, default) or bullseye (Python 3.9)")
     a = ap.parse_args(argv)
     err = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
@@ -337,13 +355,13 @@ def main(argv=None) -> int:
             check()
             print("ok")
         elif a.command == "build":
-            print(json.dumps(build(log=err), indent=1))
+            print(json.dumps(build(a.suite, log=err), indent=1))
         elif a.command == "start":
-            print(json.dumps(start(log=err), indent=1))
+            print(json.dumps(start(a.suite, log=err), indent=1))
         elif a.command == "stop":
-            stop(a.run, log=err)
+            stop(a.run, a.suite, log=err)
         else:
-            print(paths()["base"])
+            print(paths(a.suite)["base"])
     except Unavailable as e:
         err(f"error: {e}")
         return 1

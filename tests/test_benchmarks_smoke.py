@@ -40,6 +40,7 @@ CASES = {
     "pareto": (["--quick", "--points", "2", "--test-limit", "40", "--calib-limit", "24", "--tokens-step", "8",
                 "--pomt-k-step", "2", "--eager-threads", "1"],
                ["pareto.json", "pareto.md", "pareto.png", "pareto_ablation.png", "pareto_table_onnxruntime.png"]),
+    "footprint": (["--quick"], ["footprint.json", "footprint.md", "footprint.png"]),
     "accuracy_budget": (["--quick", "--budgets", "70", "--calib-limit", "32"],
                         ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
     "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
@@ -152,7 +153,7 @@ CONTENT = {"train_reference": _training, "budget_fidelity": _budget_fidelity, "o
 
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
-SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget"}
+SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget", "footprint"}
 # Scripts that measure in LiteRT: they need the tflite extra (skipped without it).
 NEEDS_TFLITE = {"selector_variants", "modes"}
 

@@ -213,3 +213,36 @@ def test_bench_on_the_board(board, work):
     assert res["device"]["name"] == "rpi4" and res["environment"]["machine"] == "aarch64"
     fp = res["new"]["footprint"]
     assert fp["memory_scope"] == "the runner process on the device" and fp["load_ms"] > 0 and fp["file_bytes"] > 0
+
+
+# ------------------------------------------------------------------------------------------ Python 3.9 (bullseye)
+@pytest.fixture(scope="module")
+def bullseye(request):
+    """Raspberry Pi OS 11's Debian: Python 3.9 (the runner's oldest target in practice).  Outside CI's 5 minutes:
+    runs with `pytest -m "emulated and bullseye"`."""
+    if "bullseye" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip('the bullseye board (Python 3.9) runs with -m "emulated and bullseye" (about 2 min more)')
+    emu = _script()
+    try:
+        emu.check()
+        manifest = emu.build("bullseye", log=print)
+    except emu.Unavailable as e:
+        pytest.skip(f"no bullseye board here: {e}")
+    state = emu.start("bullseye", log=print)
+    yield dict(state, manifest=manifest)
+    emu.stop(state["run"], "bullseye", log=print)
+
+
+@pytest.mark.bullseye
+def test_runner_on_python39(bullseye, tmp_path):
+    from test_bench import matmul_model
+
+    assert bullseye["manifest"]["versions"]["python"].startswith("3.9")
+    r = invoke("devices", "check", "rpi4", *device(bullseye)[2:])
+    assert r.exit_code == 0 and "python 3.9" in r.output and "aarch64" in r.output, r.output
+    model = matmul_model(tmp_path / "m.onnx", 1, size=16, hw=16)
+    r = invoke("bench", model, *device(bullseye), "--threads", "1", "--warmup", "1", "--runs", "3", "--min-time", "0",
+               "--rounds", "2", "--images", "2", "--max-cv", "100", "--drift-tolerance", "100", "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["environment"]["python"].startswith("3.9") and res["new"]["footprint"]["load_ms"] > 0
