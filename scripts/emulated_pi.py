@@ -60,9 +60,11 @@ SUITES = {"bookworm": "3.11", "bullseye": "3.9"}  # Debian suite -> its Python (
 DEBIAN_NUMPY = {"bookworm": True, "bullseye": False}
 PACKAGES = ("python3", "python3-numpy", "libstdc++6", "bash", "dash", "coreutils", "tar")  # the runner and the runtimes
 WHEELS = ("onnxruntime", "ai-edge-litert", "numpy<2")   # numpy<2: what a Pi with Debian's numpy 1.x gets
-# per suite where it differs: onnxruntime 1.19.2, the last for Python 3.9, aborts at import under qemu-user
-# without /sys ("Attempt to use DefaultLogger but none has been registered"); 1.16.3 does not
+# per suite where it differs: onnxruntime for Python 3.9 (1.19.2 and 1.16.3 tried) aborts at import under
+# qemu-user without /sys ("Attempt to use DefaultLogger but none has been registered"), where 1.32 only warns:
+# bullseye's root gets the two /sys files cpuinfo reads first (a 4-core board, as a Pi 4; never the host's /sys)
 SUITE_WHEELS = {"bullseye": ("onnxruntime==1.16.3", "ai-edge-litert", "numpy<2")}
+FAKE_SYS_CPUS = {"bullseye": "0-3"}
 VENV = "/opt/ve"
 
 
@@ -237,6 +239,11 @@ def build(suite: str = "bookworm", log=print) -> dict:
     for sub in ("blas/libblas.so.3", "lapack/liblapack.so.3"):  # update-alternatives' links (libblas3's postinst)
         if (libs / sub).exists() and not (libs / Path(sub).name).exists():
             os.symlink(sub, libs / Path(sub).name)
+    if suite in FAKE_SYS_CPUS:
+        cpu = tmp / "sys" / "devices" / "system" / "cpu"
+        cpu.mkdir(parents=True, exist_ok=True)
+        for name in ("possible", "present"):
+            (cpu / name).write_text(FAKE_SYS_CPUS[suite] + "\n")
     t_root = time.time() - t0 - t_wheels
     install_wheels(tmp, p["wheels"], python, DEBIAN_NUMPY[suite])
     with mounted(tmp):
