@@ -54,8 +54,7 @@ def local_footprints(models: list, runtimes: list, threads: int, repeats: int, l
                                  config=MeasureConfig(warmup=5, min_runs=20, min_time_s=0.2))
                 fps = []
                 for _ in range(repeats):  # each one a fresh runner process
-                    dev.footprints.clear()
-                    fps.append(dev.process_footprint(path, feeds))
+                    fps.append(dev.process_footprint(path, feeds, cached=False))
                 steady = dev.measure_model(path, [feeds])
                 med = lambda k: float(np.median([f[k] for f in fps]))  # noqa: E731
                 row = {"model": name, "runtime": runtime, "format": fmt, "file_bytes": fps[0]["file_bytes"],
@@ -172,14 +171,16 @@ def plot(rows: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    labels = [f"{r['model'].replace('vitedge-digits-vit', 'shipped')}\n{r['runtime']}" for r in rows]
+    short = {REF: "shipped", "vit_small_patch16_224": "ViT-S/16"}
+    labels = [f"{short.get(r['model'], r['model'])}\n{r['runtime']}" for r in rows]
+    titles = {"load_ms": "session creation", "first_inference_ms": "first inference", "peak_rss_mib": "peak RSS of the runner"}
     for ax, key, unit in zip(axes, ("load_ms", "first_inference_ms", "peak_rss_mib"), ("ms", "ms", "MiB")):
         ax.bar(range(len(rows)), [r[key] for r in rows], color="tab:blue")
         if key == "peak_rss_mib":
             ax.bar(range(len(rows)), [r["model_rss_mib"] for r in rows], color="tab:orange", label="added by the model")
             ax.legend(fontsize=8)
         ax.set_xticks(range(len(rows)), labels, fontsize=7)
-        ax.set_title(f"{key.replace('_', ' ')} ({unit})", fontsize=9)
+        ax.set_title(f"{titles[key]} ({unit})", fontsize=9)
     save_plot(fig, path)
 
 

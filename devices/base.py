@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Callable
 
+import numpy as np
+
 from vitedge.devices import runner
 from vitedge.devices.runner import MeasureConfig, PlanError, RuntimeMissingError
 from vitedge.devices.runtimes import host_install, host_packages
@@ -80,27 +82,27 @@ class Device:
         return replace(self, config=config)
 
 
+_FOOTPRINTS: dict = {}  # (model file, size, mtime, runtime, threads) -> LocalDevice.process_footprint's result
+
+
 @dataclass
 class LocalDevice(Device):
     """This machine, in process (no copy); the footprint of each model file is measured once in a fresh
     runner process (:meth:`process_footprint`), as on a device."""
 
-    footprints: dict = field(default_factory=dict, repr=False, compare=False)  # (file, size, mtime) -> footprint
-
-    def process_footprint(self, model_path, feeds: dict) -> dict | None:
+    def process_footprint(self, model_path, feeds: dict, *, cached: bool = True) -> dict | None:
         """Load time, first inference and memory of ``model_path`` in a fresh ``python runner.py`` process
         (the in-process numbers would be this process's, vitedge included, and memory freed by a model
         loaded before stays resident); cached per file.  None when that process fails (e.g. a runtime
-        registered only in this process): the caller keeps its in-process numbers."""
+        registered only in this process): the caller keeps its in-process numbers.  ``cached=False``
+        measures again (a new process)."""
         st = os.stat(model_path)
         key = (os.path.abspath(model_path), st.st_size, st.st_mtime_ns, self.runtime, self.threads)
-        if key in self.footprints:
-            return self.footprints[key]
+        if cached and key in _FOOTPRINTS:
+            return _FOOTPRINTS[key]
         fp = None
         with tempfile.TemporaryDirectory(prefix="vitedge-footprint-") as tmp:
             np_feeds = os.path.join(tmp, "feeds.npz")
-            import numpy as np
-
             np.savez(np_feeds, **{k: np.asarray(v) for k, v in feeds.items()})
             plan = {"runtime": self.runtime, "threads": self.threads,
                     "config": {"warmup": 0, "min_runs": 1, "min_time_s": 0.0, "reference_every": 0},
@@ -114,7 +116,7 @@ class LocalDevice(Device):
                     fp = next(iter((json.load(f).get("models") or {}).values()), None)
         if fp is not None:
             fp = dict(fp, memory_scope="a fresh runner process on this machine")
-        self.footprints[key] = fp
+        _FOOTPRINTS[key] = fp
         return fp
 
     def runtime_version(self) -> str:
@@ -129,7 +131,9 @@ class LocalDevice(Device):
     def run_plan(self, plan: dict, *, on_point=None) -> dict:
         plan = dict(plan, runtime=self.runtime, threads=self.threads, config=asdict(self.config))
         try:
-            return runner.run_plan(plan, on_point=on_point)
+            result = runner.run_plan(plan, on_point=on_point)
+            result["memory_scope"] = "host process (in-process local device: vitedge and torch included)"
+            return result
         except PlanError as e:
             raise DeviceError(f"local device rejected the plan: {e}") from None
 

@@ -105,6 +105,7 @@ def test_local_device_footprint_comes_from_a_fresh_runner_process(models):
     fp = m["footprint"]
     assert fp["memory_scope"] == "a fresh runner process on this machine" and fp["load_ms"] > 0
     assert dev.measure_model(models["small"], feeds())["footprint"] is fp          # once per file
+    assert json.dumps(dev.describe())                                               # no cache in the device's fields
     if LINUX_PROC and fp["peak_isolated"]:
         big = dev.measure_model(models["big"], feeds())["footprint"]
         assert big["model_rss_mib"] - fp["model_rss_mib"] >= 16                       # 22 MiB more weights

@@ -51,7 +51,8 @@ def combine(fps: list) -> dict | None:
 
 def table_footprint(result: dict) -> dict:
     """Per part of a profile (the runner result's rows tagged with ``part``): the part files' footprint
-    (:func:`combine` over its files) and ``peak_rss_mib``, the largest peak of the run (MiB)."""
+    (:func:`combine` over its files), ``peak_rss_mib``, the largest peak of the run (MiB), and
+    ``memory_scope``: whose memory that is (the runner process; the host process for ``local``)."""
     models = result.get("models") or {}
     by_part: dict = {}
     for row in result.get("points") or []:
@@ -62,6 +63,7 @@ def table_footprint(result: dict) -> dict:
     parts = {part: combine(list(files.values())) for part, files in by_part.items()}
     peaks = _values(list(models.values()), "peak_rss_mib")
     return {"parts": parts, "peak_rss_mib": max(peaks) if peaks else None,
+            "memory_scope": result.get("memory_scope", "the runner process"),
             "memory_source": next((fp.get("memory_source") for fp in models.values() if fp.get("memory_source")), None)}
 
 
