@@ -187,11 +187,12 @@ def test_export_on_the_board_and_parity_with_x86(board, work, fmt):
     if fmt == "tflite":
         pytest.importorskip("litert_torch", reason="the tflite extra exports TFLite: pip install -e '.[tflite]'")
     out = work["root"] / f"export-{fmt}"
-    r = invoke("export", *work["model"], *device(board), "--runtime", runtime, "--format", fmt, *QUICK, *GRID,
+    mode = "threshold" if fmt == "onnx" else "capacity"
+    r = invoke("export", *work["model"], *device(board), "--runtime", runtime, "--format", fmt, "--mode", mode, *QUICK, *GRID,
                "--max-accuracy-drop", "100", "--search-grid", "4", "-o", out)
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
-    assert rep["mode"] == ("threshold" if fmt == "onnx" else "capacity") and rep["device"]["name"] == "rpi4"
+    assert rep["mode"] == mode and rep["device"]["name"] == "rpi4"
     assert rep["measured_ms"]["median"] > 0 and rep["footprint"]["model"]["memory_scope"] == "the runner process on the device"
     model = out / f"model.{fmt}"
     images = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
