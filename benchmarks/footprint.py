@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,7 @@ def _parity(state: dict, model: Path) -> dict:
                        capture_output=True, timeout=1800)
         arm = np.load(d / "y.npy")
     finally:
-        subprocess.run(["rm", "-rf", str(d)], check=False)
+        shutil.rmtree(d, ignore_errors=True)
     s = open_session("onnxruntime", str(model), 1)
     x86 = np.concatenate([s.run({s.input_specs[0]["name"]: images[i:i + 1].astype(np.float32)})[0] for i in range(len(images))])
     return {"images": len(images), "max_abs_logit_diff": float(np.abs(arm - x86).max()),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -160,7 +161,7 @@ def _parity_on_board(board, model: Path, runtime: str, images: np.ndarray) -> np
         ssh(board, board["python"], "-c", f"'{code}'", f"/tmp/{d.name}/{model.name}", f"/tmp/{d.name}")
         return np.load(d / "y.npy")
     finally:
-        subprocess.run(["rm", "-rf", str(d)], check=False)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 PARITY_ORT = ("import sys, numpy as np, onnxruntime as o; s = o.InferenceSession(sys.argv[1]); x = np.load(sys.argv[2] + "

@@ -50,19 +50,18 @@ def test_memory_status_and_peak_reset():
     assert after["peak_rss_mib"] < before["rss_mib"] + 60   # the 64 MiB peak is forgotten
 
 
-def test_measure_file_reports_the_footprint_and_memory_follows_the_weights(models):
-    out = {}
-    for name in ("small", "small", "big"):  # the first session also loads ONNX Runtime itself
+def test_measure_file_reports_the_footprint(models):
+    """In process: every field reported (the memory figures of a long-lived process are not compared: memory freed
+    by earlier models stays resident and is reused; the fresh-process test below compares them)."""
+    for name in ("small", "big"):
         path = str(models[name])
         m = R.measure_file(lambda: R.open_session("onnxruntime", path, 1), path, feeds(), FAST, name)
-        fp = out[name] = m["footprint"]
+        fp = m["footprint"]
         assert m["error_code"] == 0 and m["runs"] == 3
         assert fp["file_bytes"] == Path(path).stat().st_size
         assert fp["load_ms"] > 0 and fp["first_inference_ms"] > 0
         if LINUX_PROC:
             assert fp["memory_source"] == "VmHWM" and fp["peak_rss_mib"] >= fp["rss_before_mib"]
-    if LINUX_PROC and out["big"]["peak_isolated"]:
-        assert out["big"]["model_rss_mib"] - out["small"]["model_rss_mib"] >= 16   # 22 MiB more weights
 
 
 def test_run_plan_times_one_first_inference_per_model_file(tmp_path):
