@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from test_bench import matmul_model
+from test_ssh_device import sshd  # noqa: F401 - the loopback OpenSSH server fixture
 from vitedge import footprint as F
 from vitedge.cli.main import main
 from vitedge.devices import MeasureConfig, get_device
@@ -109,6 +110,16 @@ def test_local_device_footprint_comes_from_a_fresh_runner_process(models):
         big = dev.measure_model(models["big"], feeds())["footprint"]
         assert big["model_rss_mib"] - fp["model_rss_mib"] >= 16                       # 22 MiB more weights
         assert fp["peak_rss_mib"] < 1000                                              # not this process (torch)
+
+
+def test_ssh_device_reports_the_runner_process_footprint(sshd, models, tmp_path):
+    """Over a real ssh link (loopback sshd): the runner's own process, a fresh one per plan, measured the model."""
+    dev = get_device(sshd.url, threads=1, config=FAST, **sshd.settings(sshd.known_hosts(tmp_path / "known_hosts")))
+    fp = dev.measure_model(models["big"], feeds())["footprint"]
+    assert fp["memory_scope"] == "the runner process on the device" and fp["load_ms"] > 0 and fp["first_inference_ms"] > 0
+    assert fp["file_bytes"] == models["big"].stat().st_size
+    if LINUX_PROC and fp["peak_isolated"]:
+        assert fp["model_rss_mib"] >= 16 and fp["peak_rss_mib"] > fp["model_rss_mib"]   # 22 MiB of weights
 
 
 # ------------------------------------------------------------------------------------------ summaries
