@@ -44,7 +44,8 @@ _EXTRA_OPTIONS = {"host", "serial", "devices_file", "device_opts", "warmup", "ru
 _MINIMUM = {"threads": 0, "calib_limit": 1, "num_classes": 1, "img_size": 1, "num_candidates": 2, "warmup": 0,
             "runs": 1, "min_time": 0, "search_grid": 1, "search_refine": 0, "search_seconds": 1, "tokens_step": 1}
 _FLOATS = {"min_time", "search_seconds"}
-_CHOICES = {"objective": ("measured", "fisher"), "importance": ("fisher_block", "fisher_raw", "cls_attention")}
+_CHOICES = {"objective": ("measured", "fisher"), "importance": ("fisher_block", "fisher_raw", "cls_attention"),
+            "precision": ("fp32", "fp16", "int8"), "quantization": ("static", "dynamic")}
 # options that say how a named model is loaded: meaningless for a model object
 _LOADING = ("checkpoint", "pretrained", "num_classes", "img_size", "ema")
 

@@ -18,6 +18,7 @@ from .footprint import describe_table
 from .models.adapter import PrunableViT
 from .models.loading import load_prunable, model_hash
 from .models.reference import REFERENCE_NAME
+from .precision import check_precision, check_table_precision, precision_tag
 from .profiling import model_shape, profile
 from .tables.latency import LatencyTable, LatencyTableError
 
@@ -61,6 +62,8 @@ class Options:
     model_config: MeasureConfig = field(default_factory=lambda: MODEL_CONFIG)
     profile_partial: str | None = None   # save profile points as measured (OUT.partial.jsonl)
     resume: bool = False                 # continue from profile_partial
+    precision: str = "fp32"              # "fp32" | "fp16" | "int8" (vitedge.precision)
+    quantization: str = "dynamic"        # int8: "dynamic" (measured faster and closer to fp32 here) | "static"
 
 
 def _protocol_tag(cfg: MeasureConfig) -> str:
@@ -125,6 +128,7 @@ def resolve_mode(opts: Options) -> None:
             raise ValueError(f"runtime {opts.runtime} does not run {opts.format} files: use --runtime {FORMAT_RUNTIME[opts.format]}")
     fmt = opts.format or runtime_format(_planned_runtime(opts))
     check_format_mode(fmt, None if opts.mode == "auto" else opts.mode, opts.tflite_converter)
+    check_precision(opts.precision, opts.quantization, fmt=fmt, runtime=_planned_runtime(opts))
 
 
 class Context:
@@ -223,6 +227,7 @@ class Context:
         """The export route (format and converter) in the exporter registry; refuses an impossible
         format/mode/converter first."""
         self.mode  # noqa: B018
+        check_precision(self.opts.precision, self.opts.quantization, fmt=self.format, runtime=self.device.runtime)
         return get_exporter(self.format, self.tflite_converter)
 
     def require_exporter(self) -> None:
@@ -307,21 +312,25 @@ class Context:
             table = LatencyTable.load(path)
             table.check_model(self.shape, source=str(path))
             table.check_device(dev.name, dev.runtime, dev.threads, source=str(path))
+            check_table_precision(table.meta, self.opts.precision, self.opts.quantization, source=str(path))
             return table
         cached = cache.table_path(self.cache_root(), arch_hash=self.shape["arch_hash"], device=dev.name,
                                   runtime=dev.runtime, runtime_version=dev.runtime_version(), threads=dev.threads,
                                   protocol=_protocol_tag(self.opts.profile_config)
-                                  + (f"g{self.opts.tokens_step}" if self.opts.tokens_step else ""))
+                                  + (f"g{self.opts.tokens_step}" if self.opts.tokens_step else "")
+                                  + precision_tag(self.opts.precision, self.opts.quantization))
         if self.opts.use_cache and cached.is_file():
             try:
                 table = LatencyTable.load(cached)
                 table.check_model(self.shape, source=str(cached))
+                check_table_precision(table.meta, self.opts.precision, self.opts.quantization, source=str(cached))
                 return table
             except LatencyTableError as e:
                 self.log(f"cache: ignoring {cached.name} ({e})")
         profile_dev = dev.with_config(self.opts.profile_config)
         table = profile(self.model, profile_dev, model_name=self.model.model_name, progress=self.opts.progress,
-                        partial=self.opts.profile_partial, resume=self.opts.resume, tokens_step=self.opts.tokens_step)
+                        partial=self.opts.profile_partial, resume=self.opts.resume, tokens_step=self.opts.tokens_step,
+                        precision=self.opts.precision, quantization=self.opts.quantization)
         table.save(cached)
         if self.opts.profile_partial:  # the table is saved: its partial file has done its job
             Path(self.opts.profile_partial).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from .exporters.onnx import file_sha256
 from .exporters.registry import get_exporter
 from .io import atomic_path, atomic_write_json
 from .quantile import check_quantile, latency_at
+from .quantized import with_precision
 from .schedule import Schedule
 from .search import BudgetUnreachableError
 from .search.measured import MeasuredSearch, plan_knobs
@@ -295,6 +296,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
     mode = ctx.mode
     feeds = ctx.exporter.feeds
     artifact = Artifact(ctx.format, ctx.tflite_converter, feeds=ctx.feeds(feeds) if feeds else None)
+    artifact = with_precision(ctx, artifact)  # fp16/int8: the fp32 file quantized (vitedge.quantized)
     notes: list[str] = []
     if ctx.profiled_apart:
         notes.append("threshold mode in TFLite through onnx2tf: the token count is dynamic inside the model; the "

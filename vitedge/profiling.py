@@ -22,6 +22,7 @@ from .footprint import table_footprint
 from .exporters.graphs import export_parts
 from .models.adapter import PrunableViT
 from .partial import PartialProfile, fingerprint
+from .precision import describe
 from .tables.latency import FIXED, PARTS, LatencyTable
 
 
@@ -77,7 +78,8 @@ def build_plan(model: PrunableViT, files: dict, tokens: list[int]) -> dict:
 
 def profile(model: PrunableViT, device: Device, *, model_name: str = "", progress: bool = True,
             workdir: str | Path | None = None, tokens_step: int | None = None,
-            partial: str | Path | None = None, resume: bool = False) -> LatencyTable:
+            partial: str | Path | None = None, resume: bool = False, precision: str = "fp32",
+            quantization: str = "static") -> LatencyTable:
     """Measure the latency table of ``model`` on ``device``.
 
     With ``partial`` (a path, e.g. ``OUT.partial.jsonl``) every point is saved there as soon as it
@@ -87,6 +89,9 @@ def profile(model: PrunableViT, device: Device, *, model_name: str = "", progres
 
     The parts are exported in the device runtime's format (ONNX for onnxruntime; TFLite for litert,
     where the threshold selector cannot exist and token counts are measured on a grid).
+    ``precision`` ("fp32", "fp16", "int8"; ``quantization`` "static" or "dynamic" for int8): the part files are
+    quantized as the exported model is (:func:`vitedge.quantized.quantize_part_files`), so the table predicts the
+    quantized graph; the table's ``meta`` records it.
 
     Returns:
         A table with, for n = 1..N, median/p90 (ms) of the attention, selector(s) and MLP parts
@@ -110,11 +115,15 @@ def profile(model: PrunableViT, device: Device, *, model_name: str = "", progres
             from .exporters.tflite import export_parts_tflite
 
             files = export_parts_tflite(model, folder, tokens)
+        if precision != "fp32":  # the parts at the exported model's precision (vitedge.quantized)
+            from .quantized import quantize_part_files
+
+            quantize_part_files(files, model, fmt=fmt, precision=precision, method=quantization)
         export_s = time.time() - t0
         plan = build_plan(model, files, tokens)
         store = None
         if partial is not None:  # resumable: every measured point saved at once (vitedge.partial)
-            fp = fingerprint(model_shape(model), device.name, device.runtime, device.threads, device.config,
+            fp = fingerprint({**model_shape(model), **({} if precision == "fp32" else describe(precision, quantization))}, device.name, device.runtime, device.threads, device.config,
                              [(q["name"], q.get("inputs"), q["tags"]) for q in plan["points"]])
             store = PartialProfile.open(partial, {"fingerprint": fp, "points": len(plan["points"]),
                                                   "device": device.name, "runtime": device.runtime}, resume=resume)
@@ -158,7 +167,8 @@ def profile(model: PrunableViT, device: Device, *, model_name: str = "", progres
                            f"{failed[0]['name']}: {failed[0]['error']}{kept}")
     return table_from_result(model, device, result, tokens, model_name=model_name,
                              meta={"profile_seconds": round(time.time() - t0, 2), "export_seconds": round(export_s, 2),
-                                   "points": len(plan["points"]), "format": fmt, "resumed_points": len(done)})
+                                   "points": len(plan["points"]), "format": fmt, "resumed_points": len(done),
+                                   **describe(precision, quantization)})
 
 
 def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: list[int], *, model_name: str = "",

@@ -14,6 +14,7 @@ import click
 from ..context import Context, Options
 from ..exporters.registry import converters, formats
 from ..footprint import export_footprint_lines
+from ..precision import precision_line
 
 
 def _fail(msg: str, code: int = 2):
@@ -150,7 +151,8 @@ def _options(kw: dict, **extra) -> Options:
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
                    device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"),
                    package_token=bool(kw.get("package_token")),
-                   tflite_converter=kw.get("tflite_converter") or "litert-torch", **extra)
+                   tflite_converter=kw.get("tflite_converter") or "litert-torch",
+                   precision=kw.get("precision") or "fp32", quantization=kw.get("quantization") or "dynamic", **extra)
     preset = measure_overrides(kw["device"], kw.get("devices_file"))  # the preset's protocol, then the flags
     opts.profile_config = replace(opts.profile_config, **preset["profile"])
     opts.model_config = replace(opts.model_config, **preset["model"])
@@ -159,6 +161,23 @@ def _options(kw: dict, **extra) -> Options:
         opts.profile_config = replace(opts.profile_config, **knobs)
         opts.model_config = replace(opts.model_config, **knobs)
     return opts
+
+
+def precision_options(fn):
+    """``--precision`` and ``--quantization`` (vitedge.precision), shared by ``profile``, ``search`` and ``export``."""
+    from ..precision import PRECISIONS, QUANTIZATIONS
+
+    opts = [
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                     help="numeric precision of the exported model and of the latency table's parts: int8 (ONNX Runtime "
+                          "or ai-edge-quantizer, calibrated with the pruning active), fp16 (TFLite weights, GPU/NNAPI)."),
+        click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="dynamic", show_default=True,
+                     help="int8: dynamic (int8 weights, activations quantized at run time; measured faster and closer to "
+                          "fp32 here) or static (ONNX: QDQ with activation ranges calibrated on the calibration images)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
 
 
 def search_options(fn):
@@ -218,6 +237,7 @@ def calibrate(output, num_candidates, importance, **kw):
 
 @main.command()
 @model_options
+@precision_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="latency table (.json).")
 @click.option("--resume", is_flag=True, help="continue an interrupted profile from OUTPUT.partial.jsonl (points measured so far are kept).")
 @_handle_errors
@@ -240,6 +260,7 @@ def profile(output, resume, **kw):
 
 @main.command()
 @model_options
+@precision_options
 @search_options
 @click.option("--budget-ms", type=float, default=None, help="latency budget for the whole model (ms).")
 @click.option("--budget-flops", type=float, default=None, help="FLOPs budget as a fraction of the unpruned blocks' FLOPs (RCTP's 1 - C).")
@@ -276,6 +297,7 @@ def search(output, budget_ms, budget_flops, calibration, latency_table, max_accu
 
 @main.command("export")
 @model_options
+@precision_options
 @search_options
 @click.option("--budget-ms", type=float, default=None, help="latency budget (ms, median on the device).")
 @click.option("--eval-data", default=None, help="labelled images (class sub-folders) for the accuracy report.")
@@ -332,6 +354,8 @@ def export_cmd(output, budget_ms, eval_data, budget_quantile, measure_data, cali
         lines.append(f"accuracy  unpruned {100 * acc['unpruned']:.1f} %  pruned {100 * acc['pruned']:.1f} %  on {acc['count']} images ({acc['images']})")
     else:
         lines.append(f"accuracy  not reported: {acc.get('reason')}")
+    if "precision" in report:
+        lines.append(precision_line(report))
     lines += [f"note      {n}" for n in report["notes"]]
     lines.append(f"wrote     {output}/model.{report['format']}, schedule.json, report.json ({report['seconds']:.0f} s)")
     click.echo("\n".join(lines))
