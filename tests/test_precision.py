@@ -1,0 +1,189 @@
+"""INT8 / FP16 exports (vitedge.precision, vitedge.quantized, vitedge.exporters.quantize): checks of the choice,
+ONNX Runtime quantization of a tiny pruned export, its parity against the fp32 pruned model, quantized latency
+tables and the CLI's refusals. Correctness only, never speed."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import IMG, make_table, make_tiny_vit
+from vitedge.cli.main import main
+from vitedge.data.digits import ImageSet
+from vitedge.devices import MeasureConfig, get_device
+from vitedge.errors import BadInput
+from vitedge.exporters.graphs import export_pruned, export_unpruned
+from vitedge.exporters.quantize import int8_ops, quantize_onnx, quantized_parity, score_path_matmuls
+from vitedge.models.adapter import PrunableViT
+from vitedge.precision import (MIN_TOP1_AGREEMENT, QuantizationParityError, check_precision, check_table_precision,
+                               enforce_parity, precision_tag)
+from vitedge.tables.latency import LatencyTableError
+
+FAST = MeasureConfig(warmup=1, min_runs=3, min_time_s=0.0, reference_every=8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return PrunableViT(make_tiny_vit())
+
+
+@pytest.fixture(scope="module")
+def calib():
+    rng = np.random.default_rng(7)
+    return ImageSet(rng.standard_normal((24, 3, IMG, IMG), dtype=np.float32), None, "random")
+
+
+def _thresholds(model, images):
+    """A threshold per block that keeps about half of the CLS scores of the first image (blocks 1..)."""
+    with torch.no_grad():
+        out = model.forward_with_info(torch.from_numpy(images.images[:1]), want_scores=True)
+    return [float(np.median(s.numpy())) for s in out.scores]
+
+
+@pytest.fixture(scope="module")
+def pruned_fp32(tiny, calib, tmp_path_factory):
+    path = tmp_path_factory.mktemp("q") / "pruned.onnx"
+    thresholds = _thresholds(tiny, calib)
+    with tiny.pruning(thresholds=thresholds):
+        export_pruned(tiny, path)
+    return path, thresholds
+
+
+# -- the choice ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision,quant,fmt,runtime,needle", [
+    ("fp16", "dynamic", "onnx", None, "not available for onnx"),
+    ("int8", "static", "tflite", None, "full-integer"),
+    ("bf16", "dynamic", None, None, "unknown precision"),
+    ("int8", "sometimes", None, None, "unknown quantization"),
+    ("fp16", "dynamic", None, "onnxruntime", "cannot run --precision fp16"),
+])
+def test_check_precision_refuses_what_cannot_run(precision, quant, fmt, runtime, needle):
+    with pytest.raises(BadInput, match=needle) as e:
+        check_precision(precision, quant, fmt=fmt, runtime=runtime)
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("precision,quant,fmt,runtime", [
+    ("fp32", "dynamic", "onnx", "onnxruntime"), ("int8", "dynamic", "onnx", "onnxruntime"),
+    ("int8", "static", "onnx", "onnxruntime"), ("int8", "dynamic", "tflite", "litert"), ("fp16", "dynamic", "tflite", "litert"),
+    ("int8", "static", "onnx", "command"),
+])
+def test_check_precision_accepts_what_runs(precision, quant, fmt, runtime):
+    check_precision(precision, quant, fmt=fmt, runtime=runtime)
+
+
+def test_precision_tags_are_distinct():
+    tags = {precision_tag(p, q) for p in ("fp32", "fp16", "int8") for q in ("static", "dynamic")}
+    assert tags == {"", "fp16", "int8s", "int8d"}
+
+
+def test_a_table_of_another_precision_is_refused():
+    table = make_table()
+    check_table_precision(table.meta, "fp32")  # no record: fp32
+    with pytest.raises(LatencyTableError, match="profiled at precision fp32, not int8"):
+        check_table_precision(table.meta, "int8", "dynamic")
+    table.meta.update(precision="int8", quantization="dynamic")
+    check_table_precision(table.meta, "int8", "dynamic")
+    with pytest.raises(LatencyTableError, match=r"int8 \(dynamic\), not int8 \(static\).*--quantization static"):
+        check_table_precision(table.meta, "int8", "static")
+    with pytest.raises(LatencyTableError, match="not fp32"):
+        check_table_precision(table.meta, "fp32")
+
+
+def test_parity_threshold_refuses_with_the_numbers():
+    rep = {"precision": "int8", "images": 64, "top1_agreement": 0.8, "max_abs_logit_diff": 3.5, "kept_counts_differ": 0.5}
+    with pytest.raises(QuantizationParityError, match=r"80\.0 % of 64.*at least 90 %.*3\.5.*50\.0 %") as e:
+        enforce_parity(rep, path="model.onnx")
+    assert e.value.exit_code == 5
+    enforce_parity(dict(rep, top1_agreement=MIN_TOP1_AGREEMENT), path="model.onnx")
+
+
+# -- ONNX Runtime quantization ---------------------------------------------------------------------------------
+def test_score_path_matmuls_are_the_selector_blocks_qk(tiny, pruned_fp32, tmp_path):
+    path, thresholds = pruned_fp32
+    names = score_path_matmuls(onnx.load(str(path)))
+    assert len(names) == sum(t is not None for t in thresholds) == 2
+    export_unpruned(tiny, tmp_path / "u.onnx")
+    assert score_path_matmuls(onnx.load(str(tmp_path / "u.onnx"))) == []
+
+
+@pytest.mark.parametrize("method", ["static", "dynamic"])
+def test_quantized_pruned_export_is_int8_sort_free_and_close(tiny, calib, pruned_fp32, tmp_path, method):
+    path, thresholds = pruned_fp32
+    feeds = [{"image": calib.images[i:i + 1]} for i in range(len(calib))]
+    out = tmp_path / f"{method}.onnx"
+    rec = quantize_onnx(path, out, feeds, method=method)
+    assert rec["method"] == method and rec["calibration_images"] == (len(calib) if method == "static" else 0)
+    assert len(rec["float_nodes"]) == 2  # the selectors' q.k MatMuls stay float
+    assert not {"TopK", "Sort", "ArgSort"} & set(rec["op_types"])
+    assert "NonZero" in rec["op_types"]  # the threshold selector survives quantization
+    q = onnx.load(str(out))
+    initializer_types = {i.data_type for i in q.graph.initializer}
+    assert onnx.TensorProto.INT8 in initializer_types  # int8 weights
+    ops = int8_ops(out)["int8"]
+    assert ops and all(k.startswith(("Q", "Dynamic", "MatMulInteger", "Dequantize")) for k in ops)
+    assert out.stat().st_size < path.stat().st_size
+    with tiny.pruning(thresholds=thresholds):
+        rep = quantized_parity(tiny, out, calib, limit=16)
+    assert rep["images"] == 16 and 0 <= rep["kept_counts_differ"] <= 1
+    assert rep["top1_agreement"] >= 0.75 and 0 < rep["max_abs_logit_diff"] < 1.0  # quantized: close, not exact
+
+
+def test_static_quantization_without_images_is_refused(pruned_fp32, tmp_path):
+    from vitedge.exporters.onnx import ExportError
+
+    with pytest.raises(ExportError, match="needs calibration images"):
+        quantize_onnx(pruned_fp32[0], tmp_path / "q.onnx", [], method="static")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_quantized_parity_counts_disagreement(tiny, calib, pruned_fp32, tmp_path):
+    """A file from another model (other weights) must show low agreement and large logit differences."""
+    path, thresholds = pruned_fp32
+    other = PrunableViT(make_tiny_vit(seed=5))
+    with other.pruning(thresholds=thresholds):
+        export_pruned(other, tmp_path / "other.onnx")
+    quantize_onnx(tmp_path / "other.onnx", tmp_path / "other_q.onnx", None, method="dynamic")
+    with tiny.pruning(thresholds=thresholds):
+        rep = quantized_parity(tiny, tmp_path / "other_q.onnx", calib, limit=24)
+    assert rep["top1_agreement"] < MIN_TOP1_AGREEMENT and rep["max_abs_logit_diff"] > 0.1
+    with pytest.raises(QuantizationParityError):
+        enforce_parity(rep, path="other_q.onnx")
+
+
+# -- latency tables of quantized parts -----------------------------------------------------------------------
+def test_profile_at_int8_records_the_precision_and_times_int8_parts(tiny, tmp_path):
+    from vitedge.profiling import profile
+
+    dev = get_device("local", threads=1, config=FAST)
+    table = profile(tiny, dev, progress=False, workdir=tmp_path, precision="int8", quantization="dynamic")
+    assert table.meta["precision"] == "int8" and table.meta["quantization"] == "dynamic"
+    att = onnx.load(str(tmp_path / "attention.onnx"))
+    assert any(n.op_type == "DynamicQuantizeLinear" or n.op_type == "MatMulInteger" for n in att.graph.node)
+    assert not list(tmp_path.glob("*.fp32.onnx"))  # the fp32 copies are gone
+    N = tiny.num_tokens
+    assert len(table.parts["attention"]["median_ms"]) == N and table.predict_ms([N - 1] * tiny.depth) > 0
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,needle", [
+    (["export", "--budget-ms", "1", "--format", "onnx", "--precision", "fp16"], "not available for onnx"),
+    (["profile", "--format", "tflite", "--precision", "int8", "--quantization", "static"], "full-integer"),
+    (["search", "--budget-ms", "1", "--runtime", "onnxruntime", "--precision", "fp16"], "fp16"),
+])
+def test_cli_refuses_a_precision_the_target_cannot_run(args, needle, tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, [*args, "-o", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0]
+    assert not out.exists()
+
+
+def test_api_checks_precision_keywords():
+    import vitedge
+
+    with pytest.raises(ValueError, match="precision= must be one of fp32, fp16, int8"):
+        vitedge.profile(make_tiny_vit(), precision="int4")
