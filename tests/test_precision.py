@@ -187,3 +187,46 @@ def test_api_checks_precision_keywords():
 
     with pytest.raises(ValueError, match="precision= must be one of fp32, fp16, int8"):
         vitedge.profile(make_tiny_vit(), precision="int4")
+
+
+# -- accuracy in the loop at int8 ------------------------------------------------------------------------------
+def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatch):
+    """QuantizedRerank keeps the fp32 search's candidates and, per budget, picks the fitting shortlist member whose
+    int8 export scores best (here the scores are rigged so that the fp32 runner-up wins), and exports through the
+    int8 route for real (its files are quantized ONNX)."""
+    from types import SimpleNamespace
+
+    from conftest import NUM_PATCHES
+    from vitedge.calibration import calibrate
+    from vitedge.context import Options
+    from vitedge.pipeline import Artifact
+    from vitedge.quality import QualityEvaluator
+    from vitedge.quantized import with_precision
+    from vitedge.quantized_search import QuantizedRerank, rerank_quantized
+    from vitedge.search.measured import Candidate, MeasuredSearch, SearchKnobs
+    from vitedge.search.planner import Planner
+
+    model = PrunableViT(make_tiny_vit(depth=3, seed=3))
+    rng = np.random.default_rng(11)
+    ims = ImageSet(rng.standard_normal((16, 3, IMG, IMG), dtype=np.float32), np.arange(16) % 5, "random")
+    cal = calibrate(model, ims, model_hash="m" * 16, image_set_hash="i" * 16, num_candidates=11, progress=False)
+    table = make_table(N=NUM_PATCHES + 1, depth=3)
+    search = MeasuredSearch(Planner(cal, "latency", table, mode="threshold"), QualityEvaluator(model, ims),
+                            SearchKnobs(grid=4, sweep=3, refine=0))
+    ctx = SimpleNamespace(opts=Options(precision="int8", quantization="dynamic"), model=model, images=ims,
+                          feeds=lambda n=32: [{"image": ims.images[i:i + 1]} for i in range(min(n, len(ims)))])
+    artifact = with_precision(ctx, Artifact("onnx"))
+    assert rerank_quantized(SimpleNamespace(opts=Options()), search, artifact) is search  # fp32: unchanged
+    rr = rerank_quantized(ctx, search, artifact, log=lambda m: None)
+    assert isinstance(rr, QuantizedRerank) and isinstance(rr, MeasuredSearch)
+    search.ensure_families()
+    budget = float(np.median([c.predicted_ms for c in search.candidates]))
+    fp32_top = search.best(budget)
+    fit = sorted(rr._fitting(budget), key=Candidate.key, reverse=True)
+    assert len(fit) >= 2
+    real = rr._quantized_score(fit[0])  # one real int8 export, run in ONNX Runtime
+    assert 0.0 <= real <= 1.0 and fit[0].indices in rr.quantized_scores
+    rr.quantized_scores = {c.indices: (0.9 if c is fit[1] else 0.1) for c in fit}
+    pick = rr.best(budget)
+    assert pick is fit[1] and pick is not fp32_top and pick.predicted_ms <= budget
+    assert artifact.reranks[-1]["pick"] == list(fit[1].indices)

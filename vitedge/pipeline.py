@@ -21,6 +21,7 @@ from .exporters.registry import get_exporter
 from .io import atomic_path, atomic_write_json
 from .quantile import check_quantile, latency_at
 from .quantized import with_precision
+from .quantized_search import rerank_quantized
 from .schedule import Schedule
 from .search import BudgetUnreachableError
 from .search.measured import MeasuredSearch, plan_knobs
@@ -109,6 +110,7 @@ def choose_schedule(ctx: Context, *, budget_ms: float | None = None, budget_flop
                                    package_token=ctx.model.package_token)
     else:
         planner, _ = make_search(ctx, cal, table, log=log)
+        planner = rerank_quantized(ctx, planner, with_precision(ctx, Artifact(ctx.format, ctx.tflite_converter)), log=log)
         if max_accuracy_drop is not None:
             return pick_for_accuracy(planner, budget_ms, max_accuracy_drop), planner
     return (planner.solve(budget_ms) if budget_ms < planner.full else planner.keep_all(budget_ms)), planner
@@ -335,6 +337,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
             cal = ctx.calibration(calibration_path)
             table = ctx.latency_table(table_path)
             search, evaluator = make_search(ctx, cal, table, log=log)
+            search = rerank_quantized(ctx, search, artifact, log=log)  # int8/fp16: shortlist re-ranked (vitedge.quantized_search)
             loop = ClosedLoop(ctx, search, work, artifact, max_rounds=max_rounds, log=log)
             if max_accuracy_drop is not None:
                 schedule = pick_for_accuracy(search, budget_ms, max_accuracy_drop)

@@ -62,6 +62,7 @@ class PrecisionArtifact:
         self.conversions = inner.conversions
         self._feeds, self._feed_cache, self.images = feeds, None, images
         self.records: dict[str, tuple[Path, dict]] = {}
+        self.reranks: list[dict] = []  # filled by vitedge.quantized_search when the search re-ranks at this precision
 
     def _calibration_feeds(self):
         if self._feed_cache is None:
@@ -87,7 +88,7 @@ class PrecisionArtifact:
             from .exporters.quantize import int8_ops
 
             info["runtime_ops"] = int8_ops(path)
-        return {**out, "precision": info}
+        return {**out, "precision": {**info, "search_reranks": self.reranks}}
 
     def parity(self, model, path, images) -> dict:
         """fp32 file vs PyTorch (the fp32 route's check, exact), then the quantized file vs the fp32 pruned model.
