@@ -7,7 +7,7 @@ ONNX static int8 and TFLite fp16. Reported: median of the round medians, ratio t
 error at int8 (a table profiled on int8 parts, predicting the pruned int8 file at its real kept counts).
 
     taskset -c 1 python benchmarks/precision.py --threads 1           # writes results/precision.{json,md,png}
-    python benchmarks/precision.py --quick                           # a smoke run (tiny settings, no files written)
+    python benchmarks/precision.py --quick --skip-vit-small --skip-tflite --out OUT   # a smoke run (tiny settings)
 """
 from __future__ import annotations
 
@@ -125,7 +125,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--drop", type=float, default=1.5, help="accuracy drop (points) the shipped model's schedule keeps")
-    ap.add_argument("--quick", action="store_true", help="smoke run: tiny settings, nothing written")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny settings (nothing written without --out)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--skip-vit-small", action="store_true")
     ap.add_argument("--skip-tflite", action="store_true")
     args = ap.parse_args(argv)
@@ -162,10 +163,12 @@ def main(argv=None) -> dict:
                          unit="ms", cost_model="latency", predicted=0.0, predicted_kept=[0.0] * 12, fisher_loss=0.0)
         for fmt in fmts:
             results["runs"].append(run_model("vit_small_patch16_224 (random weights)", vs, sched, fmt, ims, ims,
-                                             rounds=rounds, cfg=cfg, table_cfg=table_cfg, tokens_step=None if fmt == "onnx" else 16))
-    if not args.quick:
-        write_results("precision", results, report_md(results))
-        plot(results, RESULTS / "precision.png")
+                                             rounds=rounds, cfg=cfg, table_cfg=table_cfg, tokens_step=8 if fmt == "onnx" else 16))
+    out = args.out or (None if args.quick else RESULTS)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_results("precision", results, report_md(results), out)
+        plot(results, out / "precision.png")
     return results
 
 

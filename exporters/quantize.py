@@ -211,3 +211,29 @@ def _runner(path, runtime: str):
     from vitedge.exporters.tflite_quantize import tflite_runner
 
     return tflite_runner(path)
+
+
+def file_precision(path) -> str:
+    """The precision an exported file computes in: "int8" (quantized weights or quantize ops), "fp16" (float16
+    weights), else "fp32". Reads .onnx with ``onnx`` and .tflite with ai-edge-litert's tensor list.
+
+    Raises:
+        ValueError: a suffix other than .onnx / .tflite.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        m = onnx.load(str(path), load_external_data=False)
+        types = {i.data_type for i in m.graph.initializer}
+        ops = {n.op_type for n in m.graph.node}
+        if ops & {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul"} \
+                or types & {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}:
+            return "int8"
+        return "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
+    if path.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        kinds = {np.dtype(t["dtype"]).name for t in Interpreter(model_path=str(path)).get_tensor_details()}
+        return "int8" if kinds & {"int8", "uint8"} else ("fp16" if "float16" in kinds else "fp32")
+    raise ValueError(f"{path}: not an .onnx or .tflite file")

@@ -44,6 +44,7 @@ CASES = {
     "accuracy_budget": (["--quick", "--budgets", "70", "--calib-limit", "32"],
                         ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
     "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
+    "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
 }
 
 
@@ -153,7 +154,7 @@ CONTENT = {"train_reference": _training, "budget_fidelity": _budget_fidelity, "o
 
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
-SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget", "footprint"}
+SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget", "footprint", "precision"}
 # Scripts that measure in LiteRT: they need the tflite extra (skipped without it).
 NEEDS_TFLITE = {"selector_variants", "modes"}
 
@@ -197,6 +198,12 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
             assert r["pooled_bound"] >= r["own_bound"] and (r["own_bound"] if r["rule"] == "own" else r["pooled_bound"]) <= r["max_drop"] + 1e-9 \
                 or set(r["candidates"]) == {0}
             assert 0 < r["predicted_relative"] <= 1 + 1e-9 and -100 <= r["test_drop"] <= 100
+    if script == "precision":
+        rows = results[0]["runs"][0]["rows"]
+        assert {"unpruned fp32", "unpruned int8 dynamic", "pruned fp32", "pruned int8 dynamic", "pruned int8 static"} <= set(rows)
+        assert rows["pruned fp32"]["agreement_with_pruned_fp32"] == 1.0 and rows["unpruned fp32"]["ratio_to_unpruned_fp32"] == 1.0
+        assert all(0 <= r["test_top1"] <= 1 and r["median_ms"] > 0 for r in rows.values())
+        assert [t["precision"] for t in results[0]["runs"][0]["table_prediction"]] == ["fp32", "int8"]
     if script == "pareto":
         r = results[0]
         ort = r["reference"]["runtimes"]["onnxruntime"]

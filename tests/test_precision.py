@@ -230,3 +230,13 @@ def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatc
     pick = rr.best(budget)
     assert pick is fit[1] and pick is not fp32_top and pick.predicted_ms <= budget
     assert artifact.reranks[-1]["pick"] == list(fit[1].indices)
+
+
+def test_bench_precision_reads_the_file(tiny, calib, pruned_fp32, tmp_path):
+    from vitedge.exporters.quantize import file_precision
+
+    path, _ = pruned_fp32
+    quantize_onnx(path, tmp_path / "q.onnx", None, method="dynamic")
+    assert file_precision(path) == "fp32" and file_precision(tmp_path / "q.onnx") == "int8"
+    r = CliRunner().invoke(main, ["bench", str(path), "--precision", "int8", "--rounds", "1"])
+    assert r.exit_code == 2 and "is a fp32 model, not int8" in r.output and len(r.output.strip().splitlines()) == 1

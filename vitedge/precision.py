@@ -141,3 +141,25 @@ def precision_line(report: dict) -> str:
     return (f"precision {what}: top-1 agreement with fp32 pruned {100 * par['top1_agreement']:.1f} % on {par['images']} "
             f"images, max |logit diff| {par['max_abs_logit_diff']:.3g}, kept counts differ on "
             f"{100 * par['kept_counts_differ']:.1f} %" + (f"; int8 ops {ops}" if ops else ""))
+
+
+def check_file_precision(path, precision: str, *, error=BadInput) -> None:
+    """Refuse a model file whose own precision (:func:`vitedge.exporters.quantize.file_precision`) is not
+    ``precision`` (``vitedge bench --precision``).
+
+    Raises:
+        ``error`` (default BadInput): the file is missing, unreadable, or of another precision (one line).
+    """
+    from pathlib import Path
+
+    from .exporters.quantize import file_precision
+
+    if not Path(path).is_file():
+        raise error(f"{path} does not exist")
+    try:
+        have = file_precision(path)
+    except Exception as e:  # noqa: BLE001 - a corrupt file: onnx/litert raise their own types
+        raise error(f"{path}: cannot read its precision ({type(e).__name__}): export it again") from None
+    if have != precision:
+        raise error(f"{path} is a {have} model, not {precision}: export it with --precision {precision}, "
+                    f"or bench with --precision {have}")

@@ -77,10 +77,12 @@ def _floats(text: str, what: str) -> tuple:
 @click.option("--junit", default=None, help="write a JUnit XML report (one testcase per check).")
 @click.option("-o", "--output", default=None, help="write the full result JSON (raw samples included).")
 @click.option("--quiet", is_flag=True, help="no progress lines on stderr.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="require MODEL to be an export of this precision (read from the file; a mismatch exits 2).")
 @click.pass_context
 def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic, runtime, threads, data, images, mean, std, warmup, runs, min_time, rounds, max_rounds,
           against, baseline, save_baseline, force, max_regression, max_memory_regression, expect_faster, min_speedup, budget_ms, quantile,
-          max_cv, drift_tolerance, confidence, seed, as_json, junit, output, quiet):
+          max_cv, drift_tolerance, confidence, seed, as_json, junit, output, quiet, precision=None):
     """Measure MODEL on a device and gate on latency: --budget-ms, --baseline FILE, or --against OTHER (A/B).
 
     \b
@@ -123,6 +125,10 @@ def bench(ctx, model, device, host, serial, device_opt, devices_file, statistic,
             budget_ms=budget_ms, quantile=quantile, max_cv=max_cv, drift_tolerance=drift_tolerance,
             confidence=confidence, seed=seed, force=force)
         check_output_paths(save_baseline, junit, output)
+        if precision is not None:  # vitedge.precision: the file's own precision, before any timing
+            from ..precision import check_file_precision
+
+            check_file_precision(model, precision, error=BenchError)
         log = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
         gate = Gate(model, settings, against=against, baseline=baseline, log=log)
         result = gate.run(stability_gates=True if save_baseline else None)
