@@ -82,7 +82,7 @@ def score_path_matmuls(model) -> list[str]:
 
 
 def quantize_onnx(fp32_path, out_path, feeds: list[dict] | None, *, method: str = "static",
-                  op_types: tuple[str, ...] = STATIC_OP_TYPES, score_path_float: bool = True) -> dict:
+                  op_types: tuple[str, ...] | None = STATIC_OP_TYPES, score_path_float: bool = True) -> dict:
     """Quantize an fp32 ONNX export to int8 and write it to ``out_path`` atomically.
 
     Args:
@@ -92,7 +92,8 @@ def quantize_onnx(fp32_path, out_path, feeds: list[dict] | None, *, method: str 
             :data:`CALIBRATION_IMAGES` are used).
         method: "static" (QDQ, per-channel symmetric int8 weights, uint8 activations, MinMax ranges) or
             "dynamic" (int8 per-channel weights of MatMul/Gemm, activations quantized at run time).
-        op_types: the op types the static route quantizes (default :data:`STATIC_OP_TYPES`).
+        op_types: the op types the static route quantizes (default :data:`STATIC_OP_TYPES`; empty: every op type
+            ONNX Runtime can quantize).
         score_path_float: keep the q·kᵀ MatMuls of blocks with a selector in float (the CLS scores that
             thresholds are compared with).
 
@@ -119,7 +120,7 @@ def quantize_onnx(fp32_path, out_path, feeds: list[dict] | None, *, method: str 
                 # the calibrator runs an augmented copy of the pruned graph (in its own temp folder) on the feeds
                 quantize_static(str(fp32_path), str(tmp), _reader(feeds[:used]), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                op_types_to_quantize=list(op_types), nodes_to_exclude=keep_float,
+                                op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=keep_float,
                                 calibrate_method=CalibrationMethod.MinMax, extra_options={"WeightSymmetric": True},
                                 calibration_providers=["CPUExecutionProvider"])
             elif method == "dynamic":

@@ -45,6 +45,7 @@ CASES = {
                         ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
     "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
+    "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
 }
 
 
@@ -154,7 +155,8 @@ CONTENT = {"train_reference": _training, "budget_fidelity": _budget_fidelity, "o
 
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
-SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget", "footprint", "precision"}
+SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget", "footprint", "precision",
+        "precision_ops"}
 # Scripts that measure in LiteRT: they need the tflite extra (skipped without it).
 NEEDS_TFLITE = {"selector_variants", "modes"}
 
