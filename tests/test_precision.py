@@ -225,11 +225,11 @@ def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatc
     fit = sorted(rr._fitting(budget), key=Candidate.key, reverse=True)
     assert len(fit) >= 2
     real = rr._quantized_score(fit[0])  # one real int8 export, run in ONNX Runtime
-    assert 0.0 <= real <= 1.0 and fit[0].indices in rr.quantized_scores
-    rr.quantized_scores = {c.indices: (0.9 if c is fit[1] else 0.1) for c in fit}
+    assert 0.0 <= real <= 1.0 and (fit[0].mode, fit[0].indices) in rr.quantized_scores
+    rr.quantized_scores = {(c.mode, c.indices): (0.9 if c is fit[1] else 0.1) for c in fit}
     pick = rr.best(budget)
     assert pick is fit[1] and pick is not fp32_top and pick.predicted_ms <= budget
-    assert artifact.reranks[-1]["pick"] == list(fit[1].indices)
+    assert artifact.reranks[-1]["pick"] == [fit[1].mode, list(fit[1].indices)]
 
 
 def test_bench_precision_reads_the_file(tiny, calib, pruned_fp32, tmp_path):

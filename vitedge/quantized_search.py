@@ -37,14 +37,15 @@ class QuantizedRerank(MeasuredSearch):
     def __init__(self, inner: MeasuredSearch, ctx, artifact, *, log=print):
         self.__dict__.update(inner.__dict__)  # the same candidate cache, planner, evaluator, knobs
         self.ctx, self.artifact, self.log = ctx, artifact, log
-        self.quantized_scores: dict[tuple, float] = {}
+        self.quantized_scores: dict[tuple, float] = {}  # by (mode, indices): auto mode searches both modes
         self.reranks: list[dict] = []
         artifact.reranks = self.reranks  # the report's precision record lists them (PrecisionArtifact.audit)
 
     def _quantized_score(self, cand: Candidate) -> float:
         """Quality of ``cand``'s quantized export on the calibration images (fraction), cached."""
-        if cand.indices in self.quantized_scores:
-            return self.quantized_scores[cand.indices]
+        key = (cand.mode, cand.indices)
+        if key in self.quantized_scores:
+            return self.quantized_scores[key]
         from .exporters.quantize import _runner
 
         model, images = self.ctx.model, self.ctx.images.subset(RERANK_IMAGES)
@@ -57,7 +58,7 @@ class QuantizedRerank(MeasuredSearch):
             top1 = np.array([int(np.argmax(run(images.images[i:i + 1])[0])) for i in range(len(images))])
         target = images.labels if images.labels is not None else self.evaluator.reference_top1[:len(images)]
         score = float((top1 == target).mean())
-        self.quantized_scores[cand.indices] = score
+        self.quantized_scores[key] = score
         return score
 
     def best(self, budget: float) -> Candidate:
@@ -72,9 +73,10 @@ class QuantizedRerank(MeasuredSearch):
             fit = [top, *fit[:SHORTLIST - 1]]
         scored = [(self._quantized_score(c), -i, c) for i, c in enumerate(fit)]
         score, _, pick = max(scored, key=lambda t: t[:2])
-        self.reranks.append({"budget_ms": float(budget), "fp32_pick": list(top.indices), "pick": list(pick.indices),
-                             "quantized_quality": {str(list(c.indices)): s for s, _, c in scored}})
+        self.reranks.append({"budget_ms": float(budget), "fp32_pick": [top.mode, list(top.indices)],
+                             "pick": [pick.mode, list(pick.indices)],
+                             "quantized_quality": [{"mode": c.mode, "candidates": list(c.indices), "quality": s} for s, _, c in scored]})
         if pick is not top:
             self.log(f"search: the {self.ctx.opts.precision} export re-ranked the shortlist: quantized quality "
-                     f"{100 * score:.1f} % vs {100 * self.quantized_scores[top.indices]:.1f} % for the fp32 pick")
+                     f"{100 * score:.1f} % vs {100 * self.quantized_scores[(top.mode, top.indices)]:.1f} % for the fp32 pick")
         return pick
