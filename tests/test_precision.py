@@ -229,7 +229,7 @@ def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatc
     rr.quantized_scores = {(c.mode, c.indices): (0.9 if c is fit[1] else 0.1) for c in fit}
     pick = rr.best(budget)
     assert pick is fit[1] and pick is not fp32_top and pick.predicted_ms <= budget
-    assert artifact.reranks[-1]["pick"] == [fit[1].mode, list(fit[1].indices)]
+    assert artifact.reranks[-1]["pick"] == [fit[1].mode, [int(i) for i in fit[1].indices]]
 
 
 def test_bench_precision_reads_the_file(tiny, calib, pruned_fp32, tmp_path):

@@ -73,9 +73,9 @@ class QuantizedRerank(MeasuredSearch):
             fit = [top, *fit[:SHORTLIST - 1]]
         scored = [(self._quantized_score(c), -i, c) for i, c in enumerate(fit)]
         score, _, pick = max(scored, key=lambda t: t[:2])
-        self.reranks.append({"budget_ms": float(budget), "fp32_pick": [top.mode, list(top.indices)],
-                             "pick": [pick.mode, list(pick.indices)],
-                             "quantized_quality": [{"mode": c.mode, "candidates": list(c.indices), "quality": s} for s, _, c in scored]})
+        self.reranks.append({"budget_ms": float(budget), "fp32_pick": [top.mode, [int(i) for i in top.indices]],
+                             "pick": [pick.mode, [int(i) for i in pick.indices]],
+                             "quantized_quality": [{"mode": c.mode, "candidates": [int(i) for i in c.indices], "quality": s} for s, _, c in scored]})
         if pick is not top:
             self.log(f"search: the {self.ctx.opts.precision} export re-ranked the shortlist: quantized quality "
                      f"{100 * score:.1f} % vs {100 * self.quantized_scores[(top.mode, top.indices)]:.1f} % for the fp32 pick")
