@@ -240,3 +240,26 @@ def test_bench_precision_reads_the_file(tiny, calib, pruned_fp32, tmp_path):
     assert file_precision(path) == "fp32" and file_precision(tmp_path / "q.onnx") == "int8"
     r = CliRunner().invoke(main, ["bench", str(path), "--precision", "int8", "--rounds", "1"])
     assert r.exit_code == 2 and "is a fp32 model, not int8" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_precision_artifact_exports_audits_and_checks_the_int8_file(tiny, calib, tmp_path):
+    """The main job's route at int8: fp32 export kept beside the int8 file, the audit lists the int8 ops, parity has
+    the fp32 file's exact check and the int8 numbers."""
+    from vitedge.pipeline import Artifact
+    from vitedge.quantized import PrecisionArtifact
+
+    feeds = [{"image": calib.images[i:i + 1]} for i in range(len(calib))]
+    art = PrecisionArtifact(Artifact("onnx"), "int8", "static", lambda: feeds, calib)
+    assert art.suffix == ".onnx" and art.fmt == "onnx"
+    thresholds = _thresholds(tiny, calib)
+    path = tmp_path / "round0.onnx"
+    with tiny.pruning(thresholds=thresholds):
+        art.export(tiny, path)
+        parity = art.parity(tiny, path, calib)
+    assert (tmp_path / "round0.fp32.onnx").is_file() and path.is_file()
+    audit = art.audit(path)
+    assert audit["precision"]["precision"] == "int8" and audit["precision"]["quantization"] == "static"
+    assert audit["precision"]["calibration_images"] == len(calib) and audit["precision"]["runtime_ops"]["int8"]
+    assert "NonZero" in audit["op_types"] and "TopK" not in audit["op_types"]
+    assert parity["fp32_export"]["max_abs_diff"] < 1e-4  # the fp32 file is exact
+    assert parity["top1_agreement"] >= MIN_TOP1_AGREEMENT and parity["images"] == len(calib)
