@@ -227,7 +227,8 @@ class Context:
         """The export route (format and converter) in the exporter registry; refuses an impossible
         format/mode/converter first."""
         self.mode  # noqa: B018
-        check_precision(self.opts.precision, self.opts.quantization, fmt=self.format, runtime=self.device.runtime)
+        check_precision(self.opts.precision, self.opts.quantization, fmt=self.format,  # fp32: no device opened
+                        runtime=self.device.runtime if self.opts.precision != "fp32" else None)
         return get_exporter(self.format, self.tflite_converter)
 
     def require_exporter(self) -> None:
