@@ -65,3 +65,40 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+# The reference architecture's trained models that the selection studies compare (accuracy_drop.py, selection_rule.py)
+DIGIT_MODELS = {"shipped": None, "seed1": str(Path(__file__).resolve().parent / "models" / "digits-vit-seed1" / "model.safetensors")}
+
+
+def selection_parser(doc: str, quick: str):
+    """argparse parser of a selection study: --models, --threads, --calib-limit, --test-limit, --quick (``quick``: its
+    help), --out; the script adds its own sweep."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(DIGIT_MODELS), choices=list(DIGIT_MODELS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--calib-limit", type=int, default=None)
+    ap.add_argument("--test-limit", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    return ap
+
+
+def run_selection_study(name: str, args, run_model, markdown, plot) -> None:
+    """Run ``run_model(model, checkpoint, args, cache)`` per model in ``args.models`` (torch at ``args.threads``, one
+    temporary cache), then write results/NAME.{json,md,png}."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    data = {"models": []}
+    with tempfile.TemporaryDirectory(prefix=f"vitedge-{name}-") as tmp:
+        for model in args.models:
+            data["models"].append(run_model(model, DIGIT_MODELS[model], args, Path(tmp) / "cache"))
+    data["environment"] = environment()
+    write_results(name, data, markdown(data), args.out)
+    plot(data, args.out / f"{name}.png")
+    print(f"wrote {args.out / name}.{{json,md,png}}")

@@ -17,20 +17,15 @@ exported or timed, so the CPU load does not change the result. Writes results/ac
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from _common import RESULTS, environment, md_table, save_plot, write_results
+from _common import md_table, run_selection_study, save_plot, selection_parser
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
 from vitedge.quality import QualityEvaluator
 
-MODELS = {"shipped": None, "seed1": str(Path(__file__).parent / "models" / "digits-vit-seed1" / "model.safetensors")}
 
 
 def run_model(name: str, ckpt, args, cache: Path) -> dict:
@@ -49,7 +44,7 @@ def run_model(name: str, ckpt, args, cache: Path) -> dict:
             def fits(c):
                 b = c.drop_bound if rule == "own" else pooled[id(c)]
                 return b <= d + 1e-9 or all(i == 0 for i in c.indices)
-            c = min(filter(fits, search.candidates), key=lambda c: (c.predicted_ms, -c.key()[0]))
+            c = min(filter(fits, search.candidates), key=lambda c: (c.predicted_ms, -c.top1))
             q = test.evaluate(c.mode, search.values(c.indices, c.mode))
             rows.append({"max_drop": d, "rule": rule, "mode": c.mode, "family": c.family, "candidates": list(c.indices),
                          "predicted_relative": c.predicted_ms / search.full, "calib_drop": c.drop,
@@ -98,28 +93,14 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap = selection_parser(__doc__, "smoke: shipped model, 2 drops, 32 calibration / 64 test images, grid 4")
     ap.add_argument("--drops", nargs="+", type=float, default=[0.5, 1, 2, 3, 5])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--calib-limit", type=int, default=None)
-    ap.add_argument("--test-limit", type=int, default=None)
-    ap.add_argument("--quick", action="store_true", help="smoke: shipped model, 2 drops, 32 calibration / 64 test images, grid 4")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.knobs = {}
     if args.quick:
         args.models, args.drops, args.calib_limit, args.test_limit = ["shipped"], [1, 5], 32, 64
         args.knobs = {"grid": 4, "sweep": 2, "refine": 1}
-    torch.set_num_threads(max(1, args.threads))
-    data = {"models": []}
-    with tempfile.TemporaryDirectory(prefix="vitedge-accdrop-") as tmp:
-        for name in args.models:
-            data["models"].append(run_model(name, MODELS[name], args, Path(tmp) / "cache"))
-    data["environment"] = environment()
-    write_results("accuracy_drop", data, markdown(data), args.out)
-    plot(data, args.out / "accuracy_drop.png")
-    print(f"wrote {args.out / 'accuracy_drop'}.{{json,md,png}}")
+    run_selection_study("accuracy_drop", args, run_model, markdown, plot)
 
 
 if __name__ == "__main__":

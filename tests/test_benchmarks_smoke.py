@@ -44,6 +44,7 @@ CASES = {
     "accuracy_budget": (["--quick", "--budgets", "70", "--calib-limit", "32"],
                         ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
     "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
+    "selection_rule": (["--quick"], ["selection_rule.json", "selection_rule.md", "selection_rule.png"]),
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
     "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
 }
@@ -200,6 +201,16 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
             assert r["pooled_bound"] >= r["own_bound"] and (r["own_bound"] if r["rule"] == "own" else r["pooled_bound"]) <= r["max_drop"] + 1e-9 \
                 or set(r["candidates"]) == {0}
             assert 0 < r["predicted_relative"] <= 1 + 1e-9 and -100 <= r["test_drop"] <= 100
+    if script == "selection_rule":
+        m = results[0]["models"][0]
+        assert [r["fraction"] for r in m["rows"]] == [50, 70, 90]
+        for r in m["rows"]:  # every pick fits its budget; both rankings answered every budget the baselines did
+            picks = [r[k] for k in ("vitedge kl", "vitedge top1", "pomt", "constant") if r[k]]
+            assert all(p["predicted_relative"] <= r["fraction"] / 100 + 1e-9 and 0 <= p["test_top1"] <= 1 for p in picks)
+            assert (r["pomt"] is None) or (r["vitedge kl"] and r["vitedge top1"])
+            if r["vitedge kl"] and r["vitedge top1"]:  # each ranking's pick is its own best on calibration
+                assert r["vitedge kl"]["calib_kl"] <= r["vitedge top1"]["calib_kl"] or r["vitedge top1"]["family"] == "refined"
+        assert set(m["mean_test_top1"]) == {"vitedge kl", "vitedge top1", "pomt", "constant"}
     if script == "precision":
         rows = results[0]["runs"][0]["rows"]
         assert {"unpruned fp32", "unpruned int8 dynamic", "pruned fp32", "pruned int8 dynamic", "pruned int8 static"} <= set(rows)

@@ -125,16 +125,29 @@ def single_cut_and_constant(search: MeasuredSearch, mode: str) -> list[tuple]:
     return out
 
 
+def deployed_kl(model: PrunableViT, ims: ImageSet, mode: str, values) -> float:
+    """Mean KL(unpruned || pruned) of the softmax outputs, each image run alone as deployed (tokens removed)."""
+    x = torch.from_numpy(ims.images)
+    kw = {"capacities": values} if mode == "capacity" else {"thresholds": values}
+    with torch.no_grad():
+        ref = torch.log_softmax(model.vit(x), -1)
+        with model.pruning(**kw):
+            logp = torch.cat([torch.log_softmax(model.forward_with_info(x[i:i + 1]).logits, -1) for i in range(len(ims))])
+    return float((ref.exp() * (ref - logp)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("rank", ["kl", "top1"])
 @pytest.mark.parametrize("mode", ["threshold", "capacity", "auto"])
-def test_chosen_schedule_never_worse_than_single_cut_or_constant_rate(setup, mode):
+def test_chosen_schedule_never_worse_than_single_cut_or_constant_rate(setup, mode, rank):
     """The guarantee: on the calibration images, for every budget, the returned schedule is at least as
-    good as the best single-cut or constant-rate schedule whose predicted latency fits, each measured
-    with the deployed batch-1 forward. ``auto``: both modes' planners, against both modes' families."""
+    good, by the quality that ranks (KL divergence from the unpruned outputs, or top-1 accuracy), as the
+    best single-cut or constant-rate schedule whose predicted latency fits, each measured with the deployed
+    batch-1 forward. ``auto``: both modes' planners, against both modes' families."""
     model, ims, cal, table = setup
     modes = ["threshold", "capacity"] if mode == "auto" else [mode]
     planners = [Planner(cal, "latency", table, mode=m, min_patch_tokens=model.min_patch_tokens) for m in modes]
     ev = QualityEvaluator(model, ims)
-    search = MeasuredSearch(planners, ev, SearchKnobs(grid=8, sweep=6, refine=1))
+    search = MeasuredSearch(planners, ev, SearchKnobs(grid=8, sweep=6, refine=1), rank=rank)
     assert search.modes == tuple(modes)
     baseline = []
     ref = evaluate_pruned(model, ims).top1
@@ -145,7 +158,7 @@ def test_chosen_schedule_never_worse_than_single_cut_or_constant_rate(setup, mod
                  else evaluate_pruned(model, ims, values, reference_top1=ref))
             sel = planner.schedule(idx, np.inf, 0.0).selectors
             pred = float(table.predict_ms(e.kept, np.array(sel), mode=m).mean())
-            baseline.append((pred, e.accuracy, m))
+            baseline.append((pred, e.accuracy if rank == "top1" else -deployed_kl(model, ims, m, values), m))
     preds = sorted(p for p, _, _ in baseline)
     budgets = np.linspace(preds[0], search.full, 7)
     chosen_modes = set()
@@ -153,7 +166,10 @@ def test_chosen_schedule_never_worse_than_single_cut_or_constant_rate(setup, mod
         chosen = search.best(float(b))
         best_base = max(a for p, a, _ in baseline if p <= b + 1e-12)
         assert chosen.predicted_ms <= b
-        assert chosen.quality.accuracy >= best_base, (b, chosen, best_base)
+        if rank == "top1":
+            assert chosen.quality.accuracy >= best_base, (b, chosen, best_base)
+        else:  # the batched KL equals the batch-1 one up to float summation order
+            assert -chosen.quality.kl >= best_base - 1e-5, (b, chosen, best_base)
         chosen_modes.add(chosen.mode)
         s = search.schedule(chosen, float(b))
         assert s.mode == chosen.mode and list(s.candidates) == list(chosen.indices)
@@ -185,6 +201,27 @@ def test_auto_mode_measures_both_modes_once(setup):
     assert {r["mode"] for r in rows} == {"capacity", "threshold"} and all(type(i) is int for r in rows for i in r["candidates"])
     with pytest.raises(ValueError, match="one planner per pruning mode"):
         MeasuredSearch([planners[0], planners[0]], QualityEvaluator(model, ims))
+
+
+def test_ranking_by_kl_or_top1(setup):
+    """``rank="kl"`` returns the fitting candidate of least KL, ``"top1"`` the one of best accuracy (KL breaks
+    ties); both searches share nothing but the evaluations, and an unknown ranking is refused."""
+    model, ims, cal, table = setup
+    ev = QualityEvaluator(model, ims)
+    planners = [Planner(cal, "latency", table, mode=m) for m in ("threshold", "capacity")]
+    by = {r: MeasuredSearch(planners, ev, SearchKnobs(grid=6, sweep=3, refine=0), rank=r) for r in ("kl", "top1")}
+    budget = float(np.median([c.predicted_ms for c in (by["kl"].ensure_families() or by["kl"].candidates)]))
+    for rank, search in by.items():
+        chosen = search.best(budget)
+        fit = [c for c in search.candidates if c.predicted_ms <= budget]
+        if rank == "kl":
+            assert chosen.quality.kl == min(c.quality.kl for c in fit)
+        else:
+            assert chosen.quality.accuracy == max(c.quality.accuracy for c in fit)
+            assert chosen.quality.kl == min(c.quality.kl for c in fit if c.quality.accuracy == chosen.quality.accuracy)
+        assert search.solve(budget).meta["calibration_quality"]["kl"] == chosen.quality.kl
+    with pytest.raises(ValueError, match="unknown ranking 'acc'"):
+        MeasuredSearch(planners, ev, rank="acc")
 
 
 def test_fastest_within_drop(setup):
@@ -321,6 +358,12 @@ def test_cli_objectives(cli):
         assert out[objective]["predicted"] <= 2 * reach
     assert out["fisher"]["meta"].get("objective") is None and out["measured"]["meta"]["family"]
     assert "calibration_quality" in out["measured"]["meta"] and "calibration_quality" not in out["fisher"]["meta"]
+    assert out["measured"]["meta"]["select_by"] == "kl"  # the default ranking
+    r = run("search", "--budget-ms", f"{2 * reach:.4f}", "--select-by", "top1", "-o", str(root / "top1.json"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((root / "top1.json").read_text())["meta"]["select_by"] == "top1"
+    r = run("search", "--budget-ms", f"{2 * reach:.4f}", "--select-by", "loss", "-o", str(root / "bad.json"))
+    assert r.exit_code == 2 and "kl" in r.output and not (root / "bad.json").exists()
 
 
 def test_large_drop_warning_names_a_budget(setup):

@@ -203,7 +203,7 @@ def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatc
     from vitedge.quality import QualityEvaluator
     from vitedge.quantized import with_precision
     from vitedge.quantized_search import QuantizedRerank, rerank_quantized
-    from vitedge.search.measured import Candidate, MeasuredSearch, SearchKnobs
+    from vitedge.search.measured import MeasuredSearch, SearchKnobs
     from vitedge.search.planner import Planner
 
     model = PrunableViT(make_tiny_vit(depth=3, seed=3))
@@ -222,7 +222,7 @@ def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatc
     search.ensure_families()
     budget = float(np.median([c.predicted_ms for c in search.candidates]))
     fp32_top = search.best(budget)
-    fit = sorted(rr._fitting(budget), key=Candidate.key, reverse=True)
+    fit = sorted(rr._fitting(budget), key=rr.key, reverse=True)
     assert len(fit) >= 2
     real = rr._quantized_score(fit[0])  # one real int8 export, run in ONNX Runtime
     assert 0.0 <= real <= 1.0 and (fit[0].mode, fit[0].indices) in rr.quantized_scores

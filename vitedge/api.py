@@ -44,7 +44,7 @@ _EXTRA_OPTIONS = {"host", "serial", "devices_file", "device_opts", "warmup", "ru
 _MINIMUM = {"threads": 0, "calib_limit": 1, "num_classes": 1, "img_size": 1, "num_candidates": 2, "warmup": 0,
             "runs": 1, "min_time": 0, "search_grid": 1, "search_refine": 0, "search_seconds": 1, "tokens_step": 1}
 _FLOATS = {"min_time", "search_seconds"}
-_CHOICES = {"objective": ("measured", "fisher"), "importance": ("fisher_block", "fisher_raw", "cls_attention"),
+_CHOICES = {"objective": ("measured", "fisher"), "select_by": ("kl", "top1"), "importance": ("fisher_block", "fisher_raw", "cls_attention"),
             "precision": ("fp32", "fp16", "int8"), "quantization": ("static", "dynamic")}
 # options that say how a named model is loaded: meaningless for a model object
 _LOADING = ("checkpoint", "pretrained", "num_classes", "img_size", "ema")
@@ -286,7 +286,7 @@ def export(model=None, budget_ms: float | None = None, *, images=None, labels=No
         log: called with each progress message (default: printed to stderr).
         **options: the CLI's options by keyword (checkpoint, pretrained, num_classes, img_size, ema, calib_limit,
             runtime, threads, host, serial, device_opts, devices_file, cache_dir, use_cache, progress, warmup, runs,
-            min_time, format, mode, tflite_converter, package_token, tokens_step, objective, search_grid,
+            min_time, format, mode, tflite_converter, package_token, tokens_step, objective, select_by, search_grid,
             search_refine, search_seconds).
 
     Returns:
@@ -370,7 +370,7 @@ def search(model=None, budget_ms: float | None = None, *, images=None, labels=No
         max_accuracy_drop: points on the calibration images (alone: the fastest schedule within it).
         calibration: a calibration file (default: cached or computed).
         out: also write the schedule there (JSON).
-        **options: the search options (objective, search_grid, search_refine, search_seconds) and those of
+        **options: the search options (objective, select_by, search_grid, search_refine, search_seconds) and those of
             :func:`export`.
 
     Returns:

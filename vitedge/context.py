@@ -47,6 +47,7 @@ class Options:
     device_settings: dict = field(default_factory=dict)  # host, serial, devices_file, preset keys
     num_candidates: int = 201
     objective: str = "measured"      # "measured" (quality of the pruned model) | "fisher" (RCTP eq. (7))
+    select_by: str = "kl"            # the measured quality that ranks candidates: "kl" | "top1" (search/measured.py)
     search_knobs: dict = field(default_factory=dict)  # SearchKnobs overrides: grid, sweep, refine
     search_seconds: float = 240.0    # time budget of the measured search (sets the grid and the images it uses)
     importance: str = "fisher_block"

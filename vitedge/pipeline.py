@@ -60,7 +60,7 @@ def make_search(ctx: Context, cal, table, *, log=print):
     modes = ctx.search_modes if o.objective == "measured" else (ctx.mode,)
     modes = tuple(m for m in modes if table.has_part(SELECTOR_PART[m])) or (ctx.mode,)
     key = (cal.meta.get("model_hash"), cal.meta.get("image_set_hash"), table.meta.get("created"), repr(table.device),
-           modes, o.objective, tuple(sorted(o.search_knobs.items())), o.search_seconds)
+           modes, o.objective, o.select_by, tuple(sorted(o.search_knobs.items())), o.search_seconds)
     cached = ctx.searches.get(key)
     if cached is not None:  # one sweep of budgets on one context reuses every evaluated schedule
         return cached
@@ -78,7 +78,7 @@ def make_search(ctx: Context, cal, table, *, log=print):
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="search (measured on the pruned model)", unit="schedule", disable=not o.progress, leave=False)
-    ctx.searches[key] = (MeasuredSearch([planner(m) for m in modes], evaluator, knobs, progress=bar.update), evaluator)
+    ctx.searches[key] = (MeasuredSearch([planner(m) for m in modes], evaluator, knobs, progress=bar.update, rank=o.select_by), evaluator)
     return ctx.searches[key]
 
 
@@ -395,7 +395,7 @@ def run_export(ctx: Context, budget_ms: float | None, out: str | Path, *, max_ac
                          "family": schedule.meta.get("family")},
             **audit, "parity": parity, "calibration_estimate": estimate, "accuracy": accuracy, "rounds": rounds,
             **({"search": {"evaluations": len(search.candidates), "seconds": round(search.seconds, 1),
-                           "knobs": dataclasses.asdict(search.knobs)}}
+                           "knobs": dataclasses.asdict(search.knobs), "select_by": search.rank}}
                if isinstance(search, MeasuredSearch) else {}),
             "model": {"name": model.model_name, "hash": ctx.model_hash, **ctx.shape, "has_weights": model.has_weights},
             "device": {**(table.device if table is not None else {"name": ctx.device.name, "runtime": ctx.device.runtime,

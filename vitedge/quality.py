@@ -12,7 +12,8 @@ the deployed model keeps. Everything else in a block is per token (LayerNorm, ML
 equal the batch-1 ones up to float summation order (tested against :func:`vitedge.evaluate.evaluate_pruned`).
 The tokens entering every block of the unpruned model are computed once, so a schedule whose first
 selector sits at block l only runs blocks l..L-1; states after a schedule's prefix are kept in a
-bounded LRU cache, so schedules that share a prefix share its work.
+bounded LRU cache, so schedules that share a prefix share its work, and so is block l's attention part on
+the unpruned tokens (every schedule whose first selector sits at block l runs it before selecting).
 """
 from __future__ import annotations
 
@@ -141,7 +142,8 @@ class QualityEvaluator:
             start, chunks = self._start((mode, values))
             with torch.no_grad():
                 for l in range(start, L):
-                    chunks = [self._block(l, mode, values[l], c) for c in chunks]
+                    attn = self._unpruned_attention(l) if chunks[0][1] is None and values[l] is not None else [None] * len(chunks)
+                    chunks = [self._block(l, mode, values[l], c, a) for c, a in zip(chunks, attn)]
                     if l + 1 < L:
                         self._remember((mode, values[:l + 1]), chunks)
                 logp = F.log_softmax(torch.cat([self._head(t, v) for t, v, _ in chunks]), dim=-1)
@@ -168,7 +170,7 @@ class QualityEvaluator:
         return first, [(t, None, np.full((first, t.shape[0]), P, np.int64)) for t in self._inputs[first]]
 
     def _remember(self, key, chunks) -> None:
-        size = sum(t.numel() * t.element_size() for t, _, _ in chunks)
+        size = sum(t.numel() * t.element_size() for t, *_ in chunks)
         if size > self._cache_bytes or key in self._states:
             return
         self._states[key] = (chunks, size)
@@ -177,15 +179,32 @@ class QualityEvaluator:
             _, (_, old) = self._states.popitem(last=False)
             self._state_bytes -= old
 
-    def _block(self, l: int, mode: str, value, chunk):
-        """One block on one chunk: (tokens (B, n, C), valid (B, n) bool or None, kept (l, B)) -> the same after block l."""
+    def _unpruned_attention(self, l: int) -> list:
+        """Block l's attention part on the unpruned tokens, per chunk: [(out (B, N, C), scores (B, N - p))].
+
+        Every schedule whose first selector sits at block l runs it (single cuts at l over the whole grid,
+        in both modes), so it is computed once and kept in the bounded state cache."""
+        key = ("attention", l)
+        hit = self._states.get(key)
+        if hit is not None:
+            self._states.move_to_end(key)
+            return hit[0]
+        blk = self.model.vit.blocks[l]
+        parts = [blk.attention_part(t) for t in self._inputs[l]]
+        self._remember(key, parts)
+        return parts
+
+    def _block(self, l: int, mode: str, value, chunk, attention=None):
+        """One block on one chunk: (tokens (B, n, C), valid (B, n) bool or None, kept (l, B)) -> the same after block l.
+
+        ``attention``: block l's (out, scores) on these tokens when already computed (:meth:`_unpruned_attention`)."""
         tokens, valid, kept = chunk
         blk, p = self.model.vit.blocks[l], self.model.num_prefix
         bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
         if value is None:  # no selector: timm's own block (fused attention), padding masked as keys
             out = Block.forward(blk, tokens, attn_mask=bias)
         else:
-            out, scores = blk.attention_part(tokens, key_bias=bias)
+            out, scores = attention if attention is not None else blk.attention_part(tokens, key_bias=bias)
             live = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid[:, p:]
             if mode == "threshold":
                 theta = torch.full((scores.shape[0], 1), float(value), dtype=scores.dtype)

@@ -68,7 +68,7 @@ class QuantizedRerank(MeasuredSearch):
             as :meth:`MeasuredSearch.best`.
         """
         top = super().best(budget)
-        fit = sorted(self._fitting(budget), key=Candidate.key, reverse=True)[:SHORTLIST]
+        fit = sorted(self._fitting(budget), key=self.key, reverse=True)[:SHORTLIST]
         if top not in fit:
             fit = [top, *fit[:SHORTLIST - 1]]
         scored = [(self._quantized_score(c), -i, c) for i, c in enumerate(fit)]

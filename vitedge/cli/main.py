@@ -187,6 +187,10 @@ def search_options(fn):
                      help="measured: the best quality measured on the pruned model over the calibration images among "
                           "Fisher-Viterbi, single-cut, constant-rate, measured-loss Viterbi and refined candidates; "
                           "fisher: RCTP's Fisher-loss Viterbi (eq. 7-8)."),
+        click.option("--select-by", type=click.Choice(["kl", "top1"]), default="kl", show_default=True,
+                     help="the measured quality that ranks candidates: kl, the KL divergence from the unpruned model's "
+                          "outputs (continuous: least flattered by calibration noise); top1, the accuracy when labelled, "
+                          "else the agreement with the unpruned top-1."),
         click.option("--max-accuracy-drop", type=float, default=None,
                      help="points on the calibration images (accuracy when labelled, else agreement with the unpruned "
                           "top-1), held with 90 % confidence: alone, the fastest schedule within it; with --budget-ms, "
@@ -206,6 +210,7 @@ def search_options(fn):
 
 def _search_options(opts: Options, kw: dict) -> Options:
     opts.objective = kw["objective"]
+    opts.select_by = kw["select_by"]
     opts.search_knobs = {k: kw[f"search_{k}"] for k in ("grid", "refine") if kw.get(f"search_{k}") is not None}
     opts.search_seconds = kw["search_seconds"]
     return opts
