@@ -65,7 +65,8 @@ def run_model(name: str, ckpt, args, cache: Path) -> dict:
           f"{time.time() - t0:.0f} s; mean test top-1 {means}", flush=True)
     return {"model": name, "checkpoint": ckpt or "shipped", "calibration_images": len(evaluator), "test_images": len(test),
             "unpruned_test_accuracy": test.unpruned_accuracy, "unpruned_calib_accuracy": evaluator.unpruned_accuracy,
-            "knobs": base.knobs.__dict__, "rows": rows, "mean_test_top1": means}
+            "knobs": base.knobs.__dict__, "rows": rows, "mean_test_top1": means,
+            "candidates": evaluator.evaluations, "seconds": sum(s.seconds for s in searches.values())}
 
 
 def markdown(data: dict) -> str:
@@ -78,7 +79,8 @@ def markdown(data: dict) -> str:
              "among the same evaluated candidates. Each cell: test top-1 % (latency / unpruned, mode).", ""]
     for m in data["models"]:
         lines += [f"## {m['model']}: unpruned test top-1 {100 * m['unpruned_test_accuracy']:.1f} %, "
-                  f"calibration {100 * m['unpruned_calib_accuracy']:.1f} %", ""]
+                  f"calibration {100 * m['unpruned_calib_accuracy']:.1f} %; grid {m['knobs']['grid']}, "
+                  f"{m['candidates']} schedules measured in {m['seconds']:.0f} s", ""]
         body = []
         for r in m["rows"]:
             cells = []
@@ -120,13 +122,15 @@ def main(argv=None) -> None:
     ap = selection_parser(__doc__, "smoke: shipped model, 3 budgets, 32 calibration / 64 test images, grid 4")
     ap.add_argument("--fractions", nargs="+", type=float, default=list(np.arange(45, 98, 2.5)),
                     help="budgets, %% of the predicted unpruned latency")
+    ap.add_argument("--search-grid", type=int, default=None, help="candidates per block (default: the search's, 24)")
+    ap.add_argument("--name", default=None, help="results suffix (selection_rule_NAME)")
     args = ap.parse_args(argv)
-    args.knobs = {}
+    args.knobs = {} if args.search_grid is None else {"grid": args.search_grid}
     if args.quick:
         args.models, args.fractions, args.calib_limit, args.test_limit = ["shipped"], [50, 70, 90], 32, 64
         args.knobs = {"grid": 4, "sweep": 2, "refine": 1}
     args.fractions = [float(f) for f in args.fractions]
-    run_selection_study("selection_rule", args, run_model, markdown, plot)
+    run_selection_study("selection_rule" + (f"_{args.name}" if args.name else ""), args, run_model, markdown, plot)
 
 
 if __name__ == "__main__":
