@@ -14,7 +14,7 @@ from torch import nn
 from vitedge.exporters.onnx import export_onnx
 from vitedge.models.adapter import PrunableViT
 from vitedge.tables.latency import FIXED as FIXED_PARTS  # the parts a latency table holds: defined there
-from vitedge.tables.latency import PARTS
+from vitedge.tables.latency import IN_GRAPH, PARTS
 
 
 class PrunedModelGraph(nn.Module):
@@ -107,6 +107,21 @@ class HeadPart(nn.Module):
         return self.model.head(x)
 
 
+class BlocksPart(nn.Module):
+    """(1, n, C) -> (1, classes): every block (attention part, then MLP part, each with its own weights) on n
+    tokens, then the head; no selector. The latency table's in-graph reference: the parts timed the way they run
+    inside the whole model (distinct weights in turn, one call), against the parts timed alone."""
+
+    def __init__(self, model: PrunableViT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        for block in self.model.vit.blocks:
+            x = block.mlp_part(block.attention_part(x)[0])
+        return self.model.head(x)
+
+
 class RunOverhead(nn.Module):
     """(1, n, C) -> (1, 1): the cost of one runtime call with a token tensor in, nothing computed.
 
@@ -149,7 +164,8 @@ def part_module(model: PrunableViT, part: str, *, selector_threshold: float = -1
     """The module timed as ``part``. The threshold selector keeps every token by default (worst case)."""
     return {"attention": lambda: AttentionPart(model), "selector": lambda: SelectorPart(model, selector_threshold),
             "capacity_selector": lambda: CapacitySelectorPart(model), "mlp": lambda: MlpPart(model),
-            "embed": lambda: EmbedPart(model), "head": lambda: HeadPart(model), "run_overhead": RunOverhead}[part]().eval()
+            "embed": lambda: EmbedPart(model), "head": lambda: HeadPart(model), "run_overhead": RunOverhead,
+            IN_GRAPH: lambda: BlocksPart(model)}[part]().eval()
 
 
 def min_tokens(model: PrunableViT, part: str) -> int:
@@ -158,15 +174,24 @@ def min_tokens(model: PrunableViT, part: str) -> int:
     return model.num_prefix + 1
 
 
+def in_graph_tokens(model: PrunableViT, tokens: list[int]) -> list[int]:
+    """The two token counts the in-graph reference (:class:`BlocksPart`) is timed at: N and the profiled n nearest
+    N / 3 (at least p + 1), so that the table's correction is fitted over the range pruned schedules use."""
+    N = model.num_tokens
+    ns = [n for n in tokens if min_tokens(model, "attention") <= n < N] or [N]
+    low = min(ns, key=lambda n: (abs(n - N / 3), n))
+    return sorted({low, N})
+
+
 _OUTPUTS = {"attention": ["out", "scores"], "selector": ["out"], "capacity_selector": ["out"], "mlp": ["out"],
-            "embed": ["out"], "head": ["logits"], "run_overhead": ["out"]}
+            "embed": ["out"], "head": ["logits"], "run_overhead": ["out"], IN_GRAPH: ["logits"]}
 
 
 def export_parts(model: PrunableViT, folder, *, parts=PARTS, tokens: list[int] | None = None) -> dict:
     """Export the profiled parts to ONNX.
 
     One file with a dynamic token axis serves every n for the attention, threshold selector, MLP,
-    head and run-overhead parts; the capacity selector (constants sized by n) gets one file per n.
+    head, run-overhead and in-graph reference (:class:`BlocksPart`) parts; the capacity selector (constants sized by n) gets one file per n.
 
     Returns:
         {(part, n): path} with n = None for the files that serve every n.
@@ -175,7 +200,7 @@ def export_parts(model: PrunableViT, folder, *, parts=PARTS, tokens: list[int] |
     N = model.num_tokens
     tokens = tokens or list(range(1, N + 1))
     out = {}
-    for part in (*parts, *FIXED_PARTS):
+    for part in (*parts, *FIXED_PARTS, IN_GRAPH):
         ins = part_inputs(model, part, N)
         args = tuple(torch.zeros(shape) for shape in ins.values())
         if part == "capacity_selector":

@@ -266,9 +266,10 @@ def export_parts_tflite(model, folder, tokens: list[int]) -> dict:
 
     Returns:
         {(part, n): path} (several n map to the same multi-signature file; the runner picks the
-        signature whose input shapes match) and {(fixed part, None): path}.
+        signature whose input shapes match; the in-graph reference at the n of
+        :func:`vitedge.exporters.graphs.in_graph_tokens`) and {(fixed part, None): path}.
     """
-    from vitedge.exporters.graphs import FIXED_PARTS, min_tokens, part_inputs, part_module
+    from vitedge.exporters.graphs import FIXED_PARTS, IN_GRAPH, in_graph_tokens, min_tokens, part_inputs, part_module
 
     folder = Path(folder)
     out = {}
@@ -283,4 +284,9 @@ def export_parts_tflite(model, folder, tokens: list[int]) -> dict:
         path = folder / f"{part}.tflite"
         export_tflite(part_module(model, part), args, path)
         out[(part, None)] = path
+    ns = in_graph_tokens(model, tokens)  # the in-graph reference: every block in one graph, at two n
+    path = folder / f"{IN_GRAPH}.tflite"
+    export_tflite(part_module(model, IN_GRAPH), None, path,
+                  signatures={f"n{n}": (torch.zeros(1, n, model.dim),) for n in ns})
+    out.update({(IN_GRAPH, n): path for n in ns})
     return out

@@ -47,6 +47,7 @@ CASES = {
     "selection_rule": (["--quick"], ["selection_rule.json", "selection_rule.md", "selection_rule.png"]),
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
     "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
+    "table_error": (["--quick"], ["table_error.json", "table_error.md", "table_error.png"]),
 }
 
 
@@ -217,6 +218,12 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
         assert rows["pruned fp32"]["agreement_with_pruned_fp32"] == 1.0 and rows["unpruned fp32"]["ratio_to_unpruned_fp32"] == 1.0
         assert all(0 <= r["test_top1"] <= 1 and r["median_ms"] > 0 for r in rows.values())
         assert [t["precision"] for t in results[0]["runs"][0]["table_prediction"]] == ["fp32", "int8"]
+    if script == "table_error":
+        run = results[0]["runs"][0]
+        assert [(r["schedule"], r["precision"]) for r in run["rows"]] == [
+            ("late", "fp32"), ("late", "int8"), ("early", "fp32"), ("early", "int8")]
+        assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["raw_predicted_ms"] > 0 for r in run["rows"])
+        assert set(run["fits"]) == {"fp32", "int8"} and all(len(f["tokens"]) == 2 for f in run["fits"].values())
     if script == "pareto":
         r = results[0]
         ort = r["reference"]["runtimes"]["onnxruntime"]

@@ -15,7 +15,7 @@ from vitedge.devices import DeviceError, MeasureConfig, get_device
 from vitedge.exporters.graphs import FIXED_PARTS, PARTS
 from vitedge.models.adapter import PrunableViT
 from vitedge.profiling import ProfileError, build_plan, model_shape, profile
-from vitedge.tables.latency import LatencyTable, LatencyTableError
+from vitedge.tables.latency import IN_GRAPH, IN_GRAPH_REPEATS, LatencyTable, LatencyTableError
 
 FAST = MeasureConfig(warmup=1, min_runs=3, min_time_s=0.0, reference_every=8)
 
@@ -80,7 +80,7 @@ def test_device_and_protocol_recorded(table, device):
         table.check_device("local", "onnxruntime", 2)
     assert table.protocol["warmup"] == 1 and table.protocol["min_runs"] == 3
     assert table.protocol["reference_every"] == 8
-    assert table.meta["points"] == 4 * 16 + 3 and table.meta["reference"] == "attention@17"
+    assert table.meta["points"] == 4 * 16 + 3 + 2 * IN_GRAPH_REPEATS and table.meta["reference"] == "attention@17"  # + in-graph at 2 n
     assert len(table.drift["reference_medians_ms"]) >= 2  # first, periodic and last re-measurements
 
 
@@ -111,7 +111,7 @@ def test_table_is_usable(table, tmp_path):
 
 def test_workdir_holds_the_profiled_parts(table, tiny):
     files = sorted(p.name for p in Path(table.workdir).iterdir())
-    dynamic = [f"{name}.onnx" for name in (*PARTS, *FIXED_PARTS) if name != "capacity_selector"]
+    dynamic = [f"{name}.onnx" for name in (*PARTS, *FIXED_PARTS, IN_GRAPH) if name != "capacity_selector"]
     per_n = [f"capacity_selector_n{n}.onnx" for n in range(tiny.num_prefix + 1, tiny.num_tokens + 1)]
     assert files == sorted(dynamic + per_n)
 
@@ -177,7 +177,7 @@ def test_profile_reports_failed_parts(tiny, monkeypatch):
     with pytest.raises(ProfileError) as err:
         profile(tiny, Failing(), progress=False)
     msg = str(err.value)
-    assert "1 of 67 parts failed on fake" in msg and "bad shape" in msg
+    assert "1 of 73 parts failed on fake" in msg and "bad shape" in msg
 
 
 def test_get_device_errors():
@@ -224,7 +224,7 @@ def test_profile_on_a_token_grid_interpolates(tiny, tmp_path):
     t = profile(tiny, _FakeDevice(), progress=False, tokens_step=4, workdir=tmp_path)
     grid = [1, 2, 5, 9, 13, 17]                     # range(1, 18, 4) plus p + 1
     measured = [2, 5, 9, 13, 17]                    # n = 1 has no patch token: never profiled
-    assert t.meta["measured_tokens"] == measured and t.meta["points"] == 4 * len(measured) + 3
+    assert t.meta["measured_tokens"] == measured and t.meta["points"] == 4 * len(measured) + 3 + 2 * IN_GRAPH_REPEATS
     assert sorted(p.name for p in tmp_path.glob("capacity_selector_n*.onnx")) == \
         sorted(f"capacity_selector_n{n}.onnx" for n in measured)
     ns = np.arange(1, 18)

@@ -325,6 +325,8 @@ class Context:
             try:
                 table = LatencyTable.load(cached)
                 table.check_model(self.shape, source=str(cached))
+                if not table.in_graph:
+                    raise LatencyTableError("it predates the in-graph reference: profiling again")
                 check_table_precision(table.meta, self.opts.precision, self.opts.quantization, source=str(cached))
                 return table
             except LatencyTableError as e:

@@ -23,7 +23,7 @@ from .exporters.graphs import export_parts
 from .models.adapter import PrunableViT
 from .partial import PartialProfile, fingerprint
 from .precision import describe
-from .tables.latency import FIXED, PARTS, LatencyTable
+from .tables.latency import FIXED, IN_GRAPH, IN_GRAPH_REPEATS, PARTS, LatencyTable
 
 
 class ProfileError(RuntimeError):
@@ -53,12 +53,14 @@ def token_grid(model: PrunableViT, runtime: str, step: int | None = None) -> lis
 
 
 def build_plan(model: PrunableViT, files: dict, tokens: list[int]) -> dict:
-    """Runner plan: every profiled part at every n of ``tokens`` (selectors from n = p + 1), fixed parts once.
+    """Runner plan: every profiled part at every n of ``tokens`` (selectors from n = p + 1), fixed parts once, and
+    the in-graph reference (:data:`~vitedge.tables.latency.IN_GRAPH`) at two n, ``IN_GRAPH_REPEATS`` times each,
+    when ``files`` has it.
 
     Args:
         files: {(part, n or None): model file} from the exporter.
     """
-    from .exporters.graphs import min_tokens, part_inputs
+    from .exporters.graphs import in_graph_tokens, min_tokens, part_inputs
 
     N = model.num_tokens
     parts = sorted({part for part, _ in files if part in PARTS}, key=PARTS.index)
@@ -73,6 +75,11 @@ def build_plan(model: PrunableViT, files: dict, tokens: list[int]) -> dict:
     for part in FIXED:
         inputs = {k: {"shape": list(v), "dtype": "float32"} for k, v in part_inputs(model, part, N).items()}
         points.append({"name": part, "model": str(files[(part, None)]), "inputs": inputs, "tags": {"part": part}})
+    for n in in_graph_tokens(model, tokens) if any(q == IN_GRAPH for q, _ in files) else []:
+        path = files.get((IN_GRAPH, n)) or files[(IN_GRAPH, None)]
+        inputs = {k: {"shape": list(v), "dtype": "float32"} for k, v in part_inputs(model, IN_GRAPH, n).items()}
+        points += [{"name": f"{IN_GRAPH}@{n}#{k}", "model": str(path), "inputs": inputs,
+                    "tags": {"part": IN_GRAPH, "tokens": n, "repeat": k}} for k in range(IN_GRAPH_REPEATS)]
     return {"points": points, "reference": f"attention@{N}"}
 
 
@@ -175,7 +182,7 @@ def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: 
                       meta: dict | None = None) -> LatencyTable:
     """Assemble a :class:`LatencyTable` from a runner result (medians interpolated between measured n)."""
     N = model.num_tokens
-    rows = {(r["tags"]["part"], r["tags"].get("tokens")): r for r in result["points"]}
+    rows = {(r["tags"]["part"], r["tags"].get("tokens")): r for r in result["points"] if r["tags"]["part"] != IN_GRAPH}
     parts_out = {}
     for part in PARTS:
         measured = sorted(n for (q, n) in rows if q == part and n is not None)
@@ -190,12 +197,21 @@ def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: 
         entry["samples_ms"] = {str(n): rows[(part, n)]["samples_ms"] for n in measured}
         parts_out[part] = entry
     fixed = {name: {k: rows[(name, None)][k] for k in ("median_ms", "p90_ms", "samples_ms")} for name in FIXED}
+    reps: dict = {}  # the in-graph reference: each n timed IN_GRAPH_REPEATS times; the median of their medians
+    for r in result["points"]:
+        if r["tags"]["part"] == IN_GRAPH:
+            reps.setdefault(r["tags"]["tokens"], []).append(r)
+    in_graph = {"tokens": sorted(reps)} if reps else {}
+    for n in in_graph.get("tokens", []):
+        for key in ("median_ms", "p90_ms"):
+            in_graph.setdefault(key, []).append(float(np.median([r[key] for r in reps[n]])))
+        in_graph.setdefault("samples_ms", []).append([x for r in reps[n] for x in r["samples_ms"]])
     env = result["environment"]
     return LatencyTable(
         model={"name": model_name, **model_shape(model)},
         device={"name": device.name, "runtime": device.runtime, "runtime_version": env.get("runtime_version"),
                 "threads": device.threads, "environment": env},
-        parts=parts_out, fixed=fixed, protocol=result["config"], drift=result["drift"],
+        parts=parts_out, fixed=fixed, protocol=result["config"], drift=result["drift"], in_graph=in_graph,
         meta={**(meta or {}), "measured_tokens": [n for n in tokens if n > model.num_prefix], "reference": result["reference"],
               "footprint": table_footprint(result),  # per part: file size, load, first inference, memory
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -15,6 +15,15 @@ one call. The whole-model prediction is therefore::
     T = o + (embed - o) + sum_l [ (att(n_in_l) - o) + s_l (sel(n_in_l) - o) + (mlp(n_out_l) - o) ] + (head - o)
 
 with o the run overhead, n = prefix + kept patch tokens, s_l = 1 where block l has a selector.
+
+Parts timed alone run faster than inside the model (measured, ``benchmarks/results/precision.md``: ViT-S on
+ONNX Runtime, the sum of the parts was 0.70x the same blocks in one graph, fp32 and int8 alike: a part timed
+alone keeps its weights in cache and runs in short calls, while the model's blocks bring their own weights in
+turn within one long call, and on a shared core a long call is the one the scheduler interrupts). So each table
+also times the ``blocks`` in-graph reference (every block, each with its own weights, then the head, one call; no
+selector) at two token counts (:data:`IN_GRAPH`, each timed :data:`IN_GRAPH_REPEATS` times spread over the
+profile), and scales the block parts and selectors by the measured ratio ``beta`` of in-graph to alone
+(:meth:`LatencyTable.in_graph_fit`). A table without the reference (older files) is used as measured (``beta = 1``).
 Runtimes that need static shapes (LiteRT) are measured on a grid of token counts
 (``meta["measured_tokens"]``); the table holds every n = 1..N, linearly interpolated between
 measured points, and the capacity search only uses measured counts (exact latency).
@@ -36,6 +45,8 @@ PARTS = ("attention", "selector", "capacity_selector", "mlp")
 REQUIRED_PARTS = ("attention", "mlp")
 SELECTOR_PART = {"threshold": "selector", "capacity": "capacity_selector"}
 FIXED = ("embed", "head", "run_overhead")
+IN_GRAPH = "blocks"   # the in-graph reference: all blocks and the head in one graph, timed at two token counts
+IN_GRAPH_REPEATS = 3  # times each in-graph point is timed (shuffled into the profile; the median of their medians)
 SHAPE_KEYS = ("dim", "num_heads", "mlp_ratio", "depth", "num_tokens", "num_prefix", "input_size")
 
 
@@ -54,6 +65,8 @@ class LatencyTable:
         parts: {part: {"median_ms": [N floats], "p90_ms": [N], "samples_ms": [N lists]}} for :data:`PARTS`.
         fixed: {name: {"median_ms": float, "p90_ms": float, "samples_ms": [...]}} for :data:`FIXED`.
         protocol: the measurement settings; drift: the reference point's medians and the verdict.
+        in_graph: the in-graph reference: {"tokens": [n...], "median_ms": [...], "p90_ms": [...],
+            "samples_ms": [[...]...]} (empty: none measured, parts used as measured).
     """
 
     model: dict
@@ -63,6 +76,7 @@ class LatencyTable:
     protocol: dict = field(default_factory=dict)
     drift: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    in_graph: dict = field(default_factory=dict)
 
     # -- lookups -------------------------------------------------------------------------------------
     @property
@@ -88,11 +102,12 @@ class LatencyTable:
     def overhead_ms(self) -> float:
         return float(self.fixed["run_overhead"]["median_ms"])
 
-    def part_ms(self, part: str, n) -> np.ndarray:
-        """Median latency (ms) of ``part`` on ``n`` tokens, minus one call overhead, clamped at 0.
+    def part_ms(self, part: str, n, *, raw: bool = False) -> np.ndarray:
+        """Latency (ms) of ``part`` on ``n`` tokens inside the model: its median minus one call overhead (clamped at
+        0), times the in-graph ratio (:meth:`in_graph_fit`; ``raw``: as timed alone).
 
         Args:
-            part: "attention", "selector" or "mlp".
+            part: "attention", "selector", "capacity_selector" or "mlp".
             n: int or int array of token counts (prefix included), 1 <= n <= N.
 
         Raises:
@@ -102,7 +117,31 @@ class LatencyTable:
         if n.size and (n.min() < 1 or n.max() > self.num_tokens):
             raise LatencyTableError(f"token count {int(n.min())}..{int(n.max())} outside the table's 1..{self.num_tokens}")
         med = np.asarray(self.parts[part]["median_ms"], np.float64)
-        return np.maximum(med[n - 1] - self.overhead_ms, 0.0)
+        alone = np.maximum(med[n - 1] - self.overhead_ms, 0.0)
+        if raw:
+            return alone
+        fit = self.in_graph_fit()
+        return fit["beta"] * alone
+
+    def in_graph_fit(self) -> dict:
+        """The correction from parts timed alone to the same parts inside the model, from the in-graph reference.
+
+        With y_i = (blocks(n_i) - o - head) / depth the in-graph time of one block at n_i tokens and
+        x_i = att(n_i) + mlp(n_i) - 2o the parts timed alone: beta = sum y / sum x (a ratio through the origin;
+        a line through two noisy points amplified their noise into the slope, measured on a shared machine).
+
+        Returns:
+            {"beta": float, "tokens": [n_i], "ratio": [y_i / x_i]}; beta 1 when the table has no in-graph
+            reference.
+        """
+        if not self.in_graph:
+            return {"beta": 1.0, "tokens": [], "ratio": []}
+        ns = np.asarray(self.in_graph["tokens"], np.int64)
+        y = (np.asarray(self.in_graph["median_ms"], np.float64) - self.overhead_ms - self.fixed_ms("head")) \
+            / int(self.model["depth"])
+        x = sum(self.part_ms(p, ns, raw=True) for p in REQUIRED_PARTS)
+        beta = float(y.sum() / x.sum()) if x.sum() > 0 and y.sum() > 0 else 1.0
+        return {"beta": beta, "tokens": ns.tolist(), "ratio": (y / np.maximum(x, 1e-12)).round(4).tolist()}
 
     def fixed_ms(self, name: str) -> float:
         """Median of a fixed part (ms) minus one call overhead (``run_overhead`` itself: as measured)."""
@@ -188,7 +227,7 @@ class LatencyTable:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "model": self.model, "device": self.device,
                 "protocol": self.protocol, "drift": self.drift, "meta": self.meta, "parts": self.parts,
-                "fixed": self.fixed}
+                "fixed": self.fixed, "in_graph": self.in_graph}
 
     def save(self, path) -> None:
         """Write JSON atomically (:mod:`vitedge.io`)."""
@@ -216,7 +255,8 @@ class LatencyTable:
             raise LatencyTableError(f"{path} has table version {d.get('version')}, this vitedge reads {VERSION}: re-run `vitedge profile`")
         try:
             table = cls(model=d["model"], device=d["device"], parts=d["parts"], fixed=d["fixed"],
-                        protocol=d.get("protocol", {}), drift=d.get("drift", {}), meta=d.get("meta", {}))
+                        protocol=d.get("protocol", {}), drift=d.get("drift", {}), meta=d.get("meta", {}),
+                        in_graph=d.get("in_graph") or {})
             N = table.num_tokens
             missing = [p for p in REQUIRED_PARTS if p not in table.parts]
             if missing or not any(p in table.parts for p in SELECTOR_PART.values()):
@@ -229,6 +269,9 @@ class LatencyTable:
                     raise LatencyTableError(f"{path}: part {part!r} has failed measurements: re-run `vitedge profile`")
             for name in FIXED:
                 float(table.fixed[name]["median_ms"])
+            if table.in_graph and (len(table.in_graph["tokens"]) != len(table.in_graph["median_ms"])
+                                   or not np.all(np.isfinite(table.in_graph["median_ms"]))):
+                raise LatencyTableError(f"{path}: its in-graph reference is malformed: re-run `vitedge profile`")
         except (KeyError, TypeError) as e:
             raise LatencyTableError(f"{path} is missing {e}: re-run `vitedge profile`") from None
         return table

@@ -1,0 +1,98 @@
+"""The latency table's in-graph correction (LatencyTable.in_graph_fit): parts timed alone vs inside one graph."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import FIXED_MS, OVERHEAD, make_table
+from vitedge.tables.latency import IN_GRAPH, IN_GRAPH_REPEATS, LatencyTable, LatencyTableError
+
+DEPTH, N = 3, 17
+HEAD = FIXED_MS["head"] - OVERHEAD
+
+
+def att(n):
+    return 0.3 + 0.01 * n + 0.0005 * n * n   # conftest's part formulas, overhead removed
+
+
+def mlp(n):
+    return 0.1 + 0.02 * n
+
+
+def with_reference(beta: float, gamma: float, tokens=(6, N)) -> LatencyTable:
+    """A table whose blocks reference runs each block at beta * (att + mlp) + gamma (ms)."""
+    t = make_table(N=N, depth=DEPTH)
+    med = [OVERHEAD + HEAD + DEPTH * (beta * (att(n) + mlp(n)) + gamma) for n in tokens]
+    t.in_graph = {"tokens": list(tokens), "median_ms": med, "p90_ms": med, "samples_ms": [[m] for m in med]}
+    return t
+
+
+def test_fit_is_the_ratio_of_in_graph_to_alone():
+    fit = with_reference(1.4, 0.0).in_graph_fit()
+    assert fit["beta"] == pytest.approx(1.4)
+    assert fit["tokens"] == [6, N] and fit["ratio"] == pytest.approx([1.4, 1.4], abs=1e-4)
+    # a per-block offset is folded into the ratio, weighted by the points' own times
+    t = with_reference(1.0, 0.3)
+    x = np.array([att(n) + mlp(n) for n in (6, N)])
+    assert t.in_graph_fit()["beta"] == pytest.approx((x.sum() + 0.6) / x.sum())
+
+
+def test_prediction_charges_parts_as_they_run_in_the_graph():
+    t = with_reference(1.4, 0.0)
+    kept = np.array([10, 10, 4])                 # blocks 1 and 3 have a selector (conftest: sel(n) = 0.02 + 0.001 n)
+    n_in, n_out = [17, 11, 11], [11, 11, 5]
+    blocks = sum(1.4 * (att(a) + mlp(b)) for a, b in zip(n_in, n_out))
+    sels = 1.4 * ((0.02 + 0.001 * 17) + (0.02 + 0.001 * 11))
+    fixed = OVERHEAD + (FIXED_MS["embed"] - OVERHEAD) + HEAD
+    assert float(t.predict_ms(kept)) == pytest.approx(fixed + blocks + sels)
+    raw = dataclasses.replace(t, in_graph={})    # without the reference: the parts as timed alone
+    assert float(raw.predict_ms(kept)) == pytest.approx(float(make_table(N=N, depth=DEPTH).predict_ms(kept)))
+    assert float(t.predict_ms(kept)) > float(raw.predict_ms(kept))
+    # the unpruned prediction reproduces the reference at N exactly (embed added; the head is in both)
+    unpruned = float(t.predict_ms(np.full(DEPTH, N - 1)))
+    assert unpruned == pytest.approx(t.in_graph["median_ms"][1] + FIXED_MS["embed"] - OVERHEAD)
+
+
+def test_search_costs_use_the_correction():
+    t = with_reference(2.0, 0.0)
+    kept = np.array([[[16], [8]], [[16], [6]], [[16], [2]]])
+    cost, base = t.candidate_costs(kept, mode="threshold")
+    raw_cost, raw_base = dataclasses.replace(t, in_graph={}).candidate_costs(kept, mode="threshold")
+    np.testing.assert_allclose(cost, 2 * raw_cost)
+    assert base - raw_base == pytest.approx(att(N))   # block 1's attention, doubled
+    assert base + cost[:, 0].sum() == pytest.approx(float(t.predict_ms(np.full(DEPTH, 16))))
+
+
+def test_a_reference_faster_than_the_head_is_ignored():
+    t = make_table(N=N, depth=DEPTH)
+    med = [OVERHEAD, OVERHEAD]   # nothing left for the blocks: a broken measurement, not a correction
+    t.in_graph = {"tokens": [6, N], "median_ms": med, "p90_ms": med, "samples_ms": [[m] for m in med]}
+    assert t.in_graph_fit()["beta"] == 1.0
+
+
+def test_round_trip_and_malformed(tmp_path):
+    t = with_reference(1.3, 0.1)
+    t.save(tmp_path / "t.json")
+    back = LatencyTable.load(tmp_path / "t.json")
+    assert back.in_graph == t.in_graph and back.in_graph_fit() == t.in_graph_fit()
+    t.in_graph["median_ms"] = t.in_graph["median_ms"][:1]
+    t.save(tmp_path / "bad.json")
+    with pytest.raises(LatencyTableError, match="in-graph reference is malformed"):
+        LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_profile_measures_the_reference(tmp_path):
+    """A real (tiny) profile on this machine's ONNX Runtime: the blocks reference at two n, finite, used."""
+    from conftest import make_tiny_vit
+    from vitedge.devices import MeasureConfig, get_device
+    from vitedge.models.adapter import PrunableViT
+    from vitedge.profiling import profile
+
+    model = PrunableViT(make_tiny_vit())
+    dev = get_device("local", threads=1, config=MeasureConfig(warmup=1, min_runs=3, min_time_s=0.0))
+    t = profile(model, dev, progress=False, workdir=tmp_path)
+    assert t.in_graph["tokens"] == [6, N] and (tmp_path / f"{IN_GRAPH}.onnx").is_file()
+    assert all(len(s) >= 3 * IN_GRAPH_REPEATS for s in t.in_graph["samples_ms"])  # min_runs 3, repeated
+    assert all(np.isfinite(t.in_graph["median_ms"])) and t.in_graph_fit()["beta"] > 0
