@@ -3,6 +3,7 @@
     python benchmarks/budget_fidelity.py                                   # reference + vit_small_patch16_224
     python benchmarks/budget_fidelity.py --models vitedge-digits-vit --budgets 3 --quick   # smoke
     python benchmarks/budget_fidelity.py --format tflite --models vitedge-digits-vit       # LiteRT, capacity mode
+    python benchmarks/budget_fidelity.py --precision int8 --models vitedge-digits-vit --fractions 0.5 0.65 0.8
 
 For each model: measure the unpruned ONNX export, then run the main job (``run_export``) at budgets
 from --lo to --hi of the unpruned median, and record measured median / budget (target [0.90, 1.00])
@@ -10,7 +11,10 @@ and the latency table's prediction (sum of parts, real kept counts) vs the measu
 +-5 %). For the reference model also: accuracy on the digits test split, next to constant Top-K
 (RCTP's baseline: r fewer tokens per block, sort-free capacity export) at the same measured latency
 (linear interpolation on the Top-K latency/accuracy curve measured in this run).
-Writes benchmarks/results/budget_fidelity.{json,md,png} (``--format tflite``: budget_fidelity_tflite.*).
+With ``--precision int8`` (``--quantization``, default dynamic) the unpruned reference and every export are
+quantized, the table is profiled at that precision and the budgets are fractions of the unpruned int8 median.
+Writes benchmarks/results/budget_fidelity.{json,md,png} (``--format tflite``: budget_fidelity_tflite.*; a
+non-fp32 precision adds its tag, e.g. budget_fidelity_int8d.*).
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from vitedge.search import BudgetUnreachableError
 def run_model(name: str, args, work: Path) -> dict:
     opts = Options(model=name, progress=False, cache_dir=str(work / "cache"), threads=args.threads,
                    calib_limit=args.calib_limit if name != REFERENCE_NAME else None,
-                   format=args.format, mode=args.mode, tokens_step=args.tokens_step)
+                   format=args.format, mode=args.mode, tokens_step=args.tokens_step, precision=args.precision,
+                   quantization=args.quantization)
     if args.quick:
         opts.profile_config = MeasureConfig(warmup=2, min_runs=5, min_time_s=0.0)
         opts.model_config = MeasureConfig(warmup=3, min_runs=10, min_time_s=0.05)
@@ -40,11 +45,18 @@ def run_model(name: str, args, work: Path) -> dict:
     ctx.calibration()
     table = ctx.latency_table()
     art = get_exporter(ctx.format)
-    art.export(ctx.model, work / f"{name}-unpruned{art.suffix}", pruned=False)
-    unpruned = ctx.device.measure_model(work / f"{name}-unpruned{art.suffix}", ctx.feeds())["median_ms"]
+    unpruned_file = work / f"{name}-unpruned{art.suffix}"
+    art.export(ctx.model, unpruned_file, pruned=False)
+    if args.precision != "fp32":  # the budgets are fractions of the unpruned model at the same precision
+        from vitedge.quantized import quantize_file
+
+        fp32, unpruned_file = unpruned_file, work / f"{name}-unpruned-{args.precision}{art.suffix}"
+        quantize_file(fp32, unpruned_file, ctx.feeds(len(ctx.images)) if args.quantization == "static" else None,
+                      fmt=ctx.format, precision=args.precision, method=args.quantization)
+    unpruned = ctx.device.measure_model(unpruned_file, ctx.feeds())["median_ms"]
     print(f"[{name}] unpruned {unpruned:.3f} ms", flush=True)
     runs = []
-    for frac in np.linspace(args.lo, args.hi, args.budgets):
+    for frac in args.fractions or np.linspace(args.lo, args.hi, args.budgets):
         budget = float(frac * unpruned)
         row = {"fraction": float(frac), "budget_ms": budget}
         try:
@@ -54,7 +66,7 @@ def run_model(name: str, args, work: Path) -> dict:
                        prediction_error=rep["predicted_ms"] / rep["measured_ms"]["median"] - 1,
                        rounds=len(rep["rounds"]), mean_kept=[b["mean_kept_tokens"] for b in rep["schedule"]["blocks"]],
                        accuracy=rep["accuracy"].get("pruned"), unpruned_accuracy=rep["accuracy"].get("unpruned"),
-                       parity_max_abs_diff=rep["parity"]["max_abs_diff"], kept_all=bool(rep["notes"]))
+                       parity_max_abs_diff=rep["parity"]["max_abs_diff"], kept_all=bool(rep["notes"]), mode=rep.get("mode"))
         except (BudgetUnreachableError, BudgetNotMetError) as e:
             row.update(error=str(e))
         print(f"[{name}] {row.get('budget_ms'):.3f} ms -> {row.get('measured_ms', float('nan')):.3f} ms "
@@ -62,7 +74,7 @@ def run_model(name: str, args, work: Path) -> dict:
         runs.append(row)
     result = {"model": name, "unpruned_ms": unpruned, "table_profile_seconds": table.meta.get("profile_seconds"),
               "table_drift": table.drift, "runs": runs}
-    if name == REFERENCE_NAME and args.format == "onnx":
+    if name == REFERENCE_NAME and args.format == "onnx" and args.precision == "fp32":
         result["top_k"] = constant_top_k(ctx, work, max_r=args.max_r)
         for row in runs:
             if "measured_ms" in row:
@@ -72,22 +84,28 @@ def run_model(name: str, args, work: Path) -> dict:
 
 def report(results: list[dict], args) -> str:
     runtime = "ONNX Runtime" if args.format == "onnx" else "LiteRT (XNNPACK)"
-    md = [f"# Budget fidelity (local CPU, {runtime}, {args.mode or ('threshold' if args.format == 'onnx' else 'capacity')} mode)\n",
+    prec = "" if args.precision == "fp32" else f", {args.precision} ({args.quantization})"
+    md = [f"# Budget fidelity (local CPU, {runtime}, {args.mode or ('auto' if args.format == 'onnx' else 'capacity')} mode{prec})\n",
           "measured = median latency of the exported model on the calibration images; "
           "predicted = latency table (sum of parts) with the real kept counts. Target: ratio in [0.90, 1.00], error within ±5 %.\n"]
+    env = getattr(args, "environment", None)
+    if env is not None:
+        md.append(f"\n`{env['command']}`, {env['date']}, load average {env['load_average_1_5_15min']}. {args.note}\n")
     for res in results:
         md.append(f"\n## {res['model']} (unpruned {res['unpruned_ms']:.3f} ms)\n")
         rows = []
         for r in res["runs"]:
             if "error" in r:
-                rows.append([f"{r['fraction']:.2f}", r["budget_ms"], "-", "-", "-", "-", "-", "-", r["error"][:60]])
+                rows.append([f"{r['fraction']:.2f}", r["budget_ms"], "-", "-", "-", "-", "-", "-", "-", r["error"][:60]])
                 continue
             acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
             tk = r.get("top_k_accuracy_at_same_latency")
             rows.append([f"{r['fraction']:.2f}", r["budget_ms"], r["measured_ms"], r["ratio"], r["predicted_ms"],
-                         f"{100 * r['prediction_error']:+.1f} %", r["rounds"], acc, "-" if tk is None else f"{100 * tk:.1f}"])
+                         f"{100 * r['prediction_error']:+.1f} %", r["rounds"], r.get("mode") or "-", acc,
+                         "-" if tk is None else f"{100 * tk:.1f}"])
         md.append(md_table(["budget / unpruned", "budget ms", "measured ms", "measured / budget", "predicted ms",
-                            "prediction error", "rounds", "top-1 %", "const. Top-K top-1 % at same latency"], rows))
+                            "prediction error", "rounds", "mode chosen", "top-1 %",
+                            "const. Top-K top-1 % at same latency"], rows))
         if "top_k" in res:
             md.append("\nConstant Top-K (r fewer patch tokens per block, capacity export):\n")
             md.append(md_table(["r", "measured ms", "top-1 %"],
@@ -122,6 +140,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=[REFERENCE_NAME, "vit_small_patch16_224"])
     p.add_argument("--budgets", type=int, default=8)
+    p.add_argument("--fractions", type=float, nargs="+", default=None, help="budgets as fractions of the unpruned "
+                   "median (instead of --budgets from --lo to --hi)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--quantization", choices=["static", "dynamic"], default="dynamic")
+    p.add_argument("--note", default="", help="a line for the markdown (e.g. how the machine was shared)")
     p.add_argument("--lo", type=float, default=0.45)
     p.add_argument("--hi", type=float, default=1.0)
     p.add_argument("--max-r", type=int, default=10, help="largest r of the constant Top-K sweep")
@@ -136,7 +159,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_model(name, args, Path(tmp)) for name in args.models]
     data = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
-    name = "budget_fidelity" if args.format == "onnx" else f"budget_fidelity_{args.format}"
+    args.environment = data["environment"]
+    from vitedge.precision import precision_tag
+
+    tag = precision_tag(args.precision, args.quantization)
+    name = "_".join(["budget_fidelity"] + ([args.format] if args.format != "onnx" else []) + ([tag] if tag else []))
     write_results(name, data, report(results, args), args.out)
     plot(results, args.out / f"{name}.png")
     print(report(results, args))

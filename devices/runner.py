@@ -279,7 +279,8 @@ def litert_signature_inputs(interp) -> dict:
 
     A spec is {"name": the signature input name (e.g. "args_0"), "tensor": its tensor name (e.g.
     "serving_default_args_0:0", what ``Interpreter.get_input_details`` lists), "shape",
-    "shape_signature" (-1 for a dynamic size), "dtype": numpy dtype name}.  Used by the runner and by
+    "shape_signature" (-1 for a dynamic size), "dtype": numpy dtype name, and for a quantized integer input
+    (full-integer int8) "quantization": [scale, zero point]}.  Used by the runner and by
     the host (``vitedge bench``) so both name a model's inputs the same way.  Only APIs that
     ai-edge-litert 1.4/2.x and tflite-runtime 2.14 share.
     """
@@ -291,9 +292,13 @@ def litert_signature_inputs(interp) -> dict:
         for n in sigs[key]["inputs"]:
             d = details[n]
             shape = [int(v) for v in d["shape"]]
-            specs.append({"name": n, "tensor": str(d.get("name") or n), "shape": shape,
-                          "shape_signature": [int(v) for v in d.get("shape_signature", shape)],
-                          "dtype": np.dtype(d["dtype"]).name})
+            spec = {"name": n, "tensor": str(d.get("name") or n), "shape": shape,
+                    "shape_signature": [int(v) for v in d.get("shape_signature", shape)],
+                    "dtype": np.dtype(d["dtype"]).name}
+            scale, zero = (tuple(d.get("quantization") or ()) + (0.0, 0))[:2]
+            if np.dtype(d["dtype"]).kind in "iu" and scale:  # a full-integer file's quantized input
+                spec["quantization"] = [float(scale), int(zero)]
+            specs.append(spec)
         out[key] = specs
     return out
 
@@ -341,6 +346,8 @@ def _litert_factory(model_path: str, threads: int, interpreter: str = "auto"):
     static shapes): each call runs the signature whose inputs take the feeds, matched by
     :func:`match_feeds`, with the feeds' shapes.  ``input_specs`` are the first signature's
     (:func:`litert_signature_inputs`).
+    A full-integer file (int8 inputs with a scale and zero point) takes float32 feeds: they are quantized
+    with the input's own scale and zero point, and its quantized outputs are returned dequantized (float32).
     Also returns ``info``: {"interpreter", "delegation": see :func:`_default_delegation`}.
     """
     Interpreter, version = _litert_interpreter(interpreter)
@@ -375,12 +382,36 @@ def _litert_factory(model_path: str, threads: int, interpreter: str = "auto"):
         raise ValueError(f"no signature of {model} takes the feeds {given} (signatures take: {takes}): "
                          "feed every input of one signature, with its shape")
 
+    # full-integer files (int8 inputs and outputs with a scale and zero point): float feeds are quantized with the
+    # input's own parameters (once per feed array, outside the timed call after the first), outputs dequantized
+    quant_in = {s["name"]: (s["quantization"], np.dtype(s["dtype"])) for _, specs in sigs for s in specs
+                if "quantization" in s}
+    quant_out = {id(r): {k: tuple(d["quantization"]) for k, d in r.get_output_details().items()
+                         if np.dtype(d["dtype"]).kind in "iu" and (tuple(d.get("quantization") or ()) + (0.0,))[0]}
+                 for r, _ in sigs} if quant_in else {}
+    cast: dict = {}
+
+    def quantized(name: str, v):
+        if name not in quant_in or np.asarray(v).dtype.kind != "f":
+            return v
+        hit = cast.get(id(v))
+        if hit is None or hit[0] is not v:
+            (scale, zero), dtype = quant_in[name]
+            info_ = np.iinfo(dtype)
+            hit = cast[id(v)] = (v, np.clip(np.round(np.asarray(v) / scale) + zero, info_.min, info_.max).astype(dtype))
+            if len(cast) > 256:
+                cast.pop(next(iter(cast)))
+        return hit[1]
+
     def run(feeds: dict):
         r = exact.get(tuple((k, tuple(np.shape(v))) for k, v in feeds.items()))
         if r is None:
             r, feeds = pick(feeds)
+        if quant_in:
+            feeds = {k: quantized(k, v) for k, v in feeds.items()}
         out = r(**feeds)
-        return [out[k] for k in sorted(out)]
+        deq = quant_out.get(id(r)) or {}
+        return [(out[k].astype(np.float32) - deq[k][1]) * deq[k][0] if k in deq else out[k] for k in sorted(out)]
 
     return run, next(iter(inputs.values())), version, info
 

@@ -45,7 +45,8 @@ def quantize_tflite(float_path, out_path, feeds: list[dict] | None, *, precision
         float_path: the float32 litert-torch export (one ``serving_default`` signature).
         out_path: the quantized file.
         feeds: calibration inputs ``[{"image": (1, 3, H, W) float32}, ...]`` (full-integer only; keyed by
-            position: the signature's single input).
+            position: the signature's single input), or for a file with several signatures
+            ``{signature key: [{input name: array}, ...]}`` (:func:`signature_feeds`).
         precision: "int8" or "fp16"; method: "dynamic" (dynamic-range) or "static" (full-integer), int8 only.
 
     Returns:
@@ -65,9 +66,13 @@ def quantize_tflite(float_path, out_path, feeds: list[dict] | None, *, precision
         if qt.need_calibration:
             if not feeds:
                 raise ExportError("full-integer int8 needs calibration images: give --data, or --quantization dynamic")
-            used = min(len(feeds), CALIBRATION_IMAGES)
-            key = _input_name(float_path)
-            data = {"serving_default": [{key: next(iter(f.values()))} for f in feeds[:used]]}
+            if isinstance(feeds, dict):  # per signature (multi-signature part files), already keyed by input name
+                data = {sig: list(rows[:CALIBRATION_IMAGES]) for sig, rows in feeds.items()}
+                used = min(len(rows) for rows in data.values())
+            else:
+                used = min(len(feeds), CALIBRATION_IMAGES)
+                key = _input_name(float_path)
+                data = {"serving_default": [{key: next(iter(f.values()))} for f in feeds[:used]]}
             calibration = qt.calibrate(data, num_threads=1)
         result = qt.quantize(calibration)
         with atomic_path(out_path) as tmp:
@@ -85,6 +90,18 @@ def _input_name(path) -> str:
     from ai_edge_litert.interpreter import Interpreter
 
     return list(Interpreter(model_path=str(path)).get_signature_list()["serving_default"]["inputs"])[0]
+
+
+def signature_feeds(path, count: int, rng) -> dict:
+    """``count`` standard-normal inputs for every signature of the .tflite file ``path``, keyed as
+    :func:`quantize_tflite` takes them: {signature key: [{input name: float32 array of its shape}, ...]}."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from vitedge.devices.runner import litert_signature_inputs
+
+    sigs = litert_signature_inputs(Interpreter(model_path=str(path)))
+    return {key: [{s["name"]: rng.standard_normal(s["shape"]).astype(np.float32) for s in specs} for _ in range(count)]
+            for key, specs in sigs.items()}
 
 
 def tflite_runner(path):

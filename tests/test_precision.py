@@ -54,7 +54,6 @@ def pruned_fp32(tiny, calib, tmp_path_factory):
 # -- the choice ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("precision,quant,fmt,runtime,needle", [
     ("fp16", "dynamic", "onnx", None, "not available for onnx"),
-    ("int8", "static", "tflite", None, "full-integer"),
     ("bf16", "dynamic", None, None, "unknown precision"),
     ("int8", "sometimes", None, None, "unknown quantization"),
     ("fp16", "dynamic", None, "onnxruntime", "cannot run --precision fp16"),
@@ -68,7 +67,7 @@ def test_check_precision_refuses_what_cannot_run(precision, quant, fmt, runtime,
 @pytest.mark.parametrize("precision,quant,fmt,runtime", [
     ("fp32", "dynamic", "onnx", "onnxruntime"), ("int8", "dynamic", "onnx", "onnxruntime"),
     ("int8", "static", "onnx", "onnxruntime"), ("int8", "dynamic", "tflite", "litert"), ("fp16", "dynamic", "tflite", "litert"),
-    ("int8", "static", "onnx", "command"),
+    ("int8", "static", "onnx", "command"), ("int8", "static", "tflite", "litert"),  # full-integer: the runner quantizes
 ])
 def test_check_precision_accepts_what_runs(precision, quant, fmt, runtime):
     check_precision(precision, quant, fmt=fmt, runtime=runtime)
@@ -170,7 +169,6 @@ def test_profile_at_int8_records_the_precision_and_times_int8_parts(tiny, tmp_pa
 # -- command line ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,needle", [
     (["export", "--budget-ms", "1", "--format", "onnx", "--precision", "fp16"], "not available for onnx"),
-    (["profile", "--format", "tflite", "--precision", "int8", "--quantization", "static"], "full-integer"),
     (["search", "--budget-ms", "1", "--runtime", "onnxruntime", "--precision", "fp16"], "fp16"),
 ])
 def test_cli_refuses_a_precision_the_target_cannot_run(args, needle, tmp_path):

@@ -68,9 +68,6 @@ def check_precision(precision: str, quantization: str = "static", *, fmt: str | 
                if (fmt, precision) == ("onnx", "fp16") else "")
         raise BadInput(f"--precision {precision} is not available for {fmt} exports{why}: use --format "
                        f"{' or '.join(able)}, or --precision {' or '.join(FORMAT_PRECISIONS.get(fmt, ('fp32',)))}")
-    if (fmt, precision, quantization) == ("tflite", "int8", "static"):
-        raise BadInput("full-integer int8 TFLite files take int8 inputs, which vitedge's device runner does not feed "
-                       "(it measures float32 inputs): use --quantization dynamic (dynamic-range int8)")
     if runtime is not None and precision != "fp32" and runtime not in ANY_PRECISION_RUNTIMES:
         from .devices.runtimes import RUNTIMES
 

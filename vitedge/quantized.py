@@ -124,10 +124,14 @@ def quantize_part_files(files: dict, model, *, fmt: str, precision: str, method:
             continue
         done.add(path)
         feeds = None
-        if method == "static" and precision == "int8":
-            shapes = part_inputs(model, part, model.num_tokens if n is None else n)  # per-n files are static-shaped
-            feeds = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(PART_FEEDS)]
         fp32 = path.with_name(f"{path.stem}.fp32{path.suffix}")
         path.replace(fp32)
+        if method == "static" and precision == "int8" and fmt == "tflite":  # one signature per n: calibrate each
+            from .exporters.tflite_quantize import signature_feeds
+
+            feeds = signature_feeds(fp32, PART_FEEDS, rng)
+        elif method == "static" and precision == "int8":
+            shapes = part_inputs(model, part, model.num_tokens if n is None else n)  # per-n files are static-shaped
+            feeds = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(PART_FEEDS)]
         quantize_file(fp32, path, feeds, fmt=fmt, precision=precision, method=method)
         fp32.unlink()
