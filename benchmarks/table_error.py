@@ -1,12 +1,13 @@
 """Latency-table prediction error at fp32 and int8, with and without the in-graph correction (issue 13).
 
-For vit_small_patch16_224 (random weights) and the shipped model, ONNX Runtime (and LiteRT with --tflite), 1 thread:
+For vit_small_patch16_224 (random weights) and the shipped model, ONNX Runtime (and/or LiteRT: --formats), 1 thread:
 pruned fp32 and pruned int8 (dynamic) files of fixed capacity schedules are timed interleaved (rounds before, between
 and after the tables' profiles, so both see the same machine); the tables profiled at each precision predict each
 file at its kept counts, corrected by the table's in-graph reference (:meth:`LatencyTable.in_graph_fit`) and raw
 (the parts as timed alone, what tables predicted before). Goal: error within +-5 %.
 
     taskset -c 1 python benchmarks/table_error.py --threads 1                 # writes results/table_error.{json,md,png}
+    taskset -c 1 python benchmarks/table_error.py --threads 1 --formats tflite --models vit_small --name table_error_litert
     python benchmarks/table_error.py --quick --out OUT                          # a smoke run (tiny settings)
 """
 from __future__ import annotations
@@ -90,7 +91,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds before, between and after the profiles")
-    ap.add_argument("--tflite", action="store_true", help="also LiteRT (profiling takes minutes per table)")
+    ap.add_argument("--formats", nargs="+", choices=["onnx", "tflite"], default=["onnx"],
+                    help="tflite: LiteRT (profiling takes minutes per table)")
+    ap.add_argument("--models", nargs="+", choices=["vit_small", "shipped"], default=["vit_small", "shipped"])
+    ap.add_argument("--name", default="table_error", help="results file name")
     ap.add_argument("--quick", action="store_true", help="smoke run: the tiny test model, short measurements")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
@@ -107,8 +111,8 @@ def main(argv=None) -> dict:
         models = [("tiny (random weights)", PrunableViT(timm.create_model(
             "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2).eval()))]
     else:
-        models = [("vit_small_patch16_224 (random weights)", PrunableViT(timm.create_model("vit_small_patch16_224", pretrained=False).eval())),
-                  ("shipped (digits)", PrunableViT(build_reference()))]
+        models = [("vit_small_patch16_224 (random weights)", PrunableViT(timm.create_model("vit_small_patch16_224", pretrained=False).eval()))
+                  if m == "vit_small" else ("shipped (digits)", PrunableViT(build_reference())) for m in args.models]
     results = {"environment": environment(), "runs": []}
     for label, model in models:
         L = model.depth
@@ -116,14 +120,14 @@ def main(argv=None) -> dict:
                                             [None] * (L // 4) + list(np.linspace(0.7, 0.3, L - L // 4))),
                   "early": capacity_schedule(L, model.num_tokens - model.num_prefix,
                                              [0.6] + [None] * (L // 2 - 1) + [0.25] + [None] * (L - L // 2 - 1))}
-        for fmt in ["onnx"] + (["tflite"] if args.tflite else []):
+        for fmt in args.formats:
             step = None if fmt == "onnx" and model.num_tokens < 100 else (8 if fmt == "onnx" else 16)
             results["runs"].append(run(label, model, scheds, fmt, rounds=1 if args.quick else args.rounds, cfg=cfg,
                                        table_cfg=table_cfg, tokens_step=step))
     out = args.out or (None if args.quick else RESULTS)
     if out is not None:
-        write_results("table_error", results, report_md(results), out)
-        plot(results, out / "table_error.png")
+        write_results(args.name, results, report_md(results), out)
+        plot(results, out / f"{args.name}.png")
     return results
 
 

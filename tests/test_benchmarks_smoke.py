@@ -48,6 +48,7 @@ CASES = {
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
     "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
     "table_error": (["--quick"], ["table_error.json", "table_error.md", "table_error.png"]),
+    "full_integer": (["--quick"], ["full_integer.json", "full_integer.md", "full_integer.png"]),
 }
 
 
@@ -158,9 +159,9 @@ CONTENT = {"train_reference": _training, "budget_fidelity": _budget_fidelity, "o
 # Minutes each even in their tiny configuration (exports, TFLite conversions, A/B repetitions): kept out
 # of the default run (`pytest -q -m "not slow"`, what CI runs within its 20 minutes); `pytest -q` runs them.
 SLOW = {"budget_fidelity", "modes", "bench_gate", "onnx2tf_route", "accuracy_budget", "footprint", "precision",
-        "precision_ops"}
+        "precision_ops", "full_integer"}
 # Scripts that measure in LiteRT: they need the tflite extra (skipped without it).
-NEEDS_TFLITE = {"selector_variants", "modes"}
+NEEDS_TFLITE = {"selector_variants", "modes", "full_integer"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in CASES])
@@ -218,6 +219,10 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
         assert rows["pruned fp32"]["agreement_with_pruned_fp32"] == 1.0 and rows["unpruned fp32"]["ratio_to_unpruned_fp32"] == 1.0
         assert all(0 <= r["test_top1"] <= 1 and r["median_ms"] > 0 for r in rows.values())
         assert [t["precision"] for t in results[0]["runs"][0]["table_prediction"]] == ["fp32", "int8"]
+    if script == "full_integer":
+        rows = results[0]["runs"][0]["rows"]
+        assert {"pruned int8 static", "pruned int8 dynamic", "pruned fp32"} <= set(rows)
+        assert rows["pruned int8 static"]["median_ms"] > 0 and 0 <= rows["pruned int8 static"]["agreement_with_pruned_fp32"] <= 1
     if script == "table_error":
         run = results[0]["runs"][0]
         assert [(r["schedule"], r["precision"]) for r in run["rows"]] == [
