@@ -29,25 +29,22 @@ def with_reference(beta: float, gamma: float, tokens=(6, N)) -> LatencyTable:
     return t
 
 
-def test_fit_is_the_ratio_of_in_graph_to_alone():
-    fit = with_reference(1.4, 0.0).in_graph_fit()
-    assert fit["beta"] == pytest.approx(1.4)
-    assert fit["tokens"] == [6, N] and fit["ratio"] == pytest.approx([1.4, 1.4], abs=1e-4)
-    # a per-block offset is folded into the ratio, weighted by the points' own times
-    t = with_reference(1.0, 0.3)
-    x = np.array([att(n) + mlp(n) for n in (6, N)])
-    assert t.in_graph_fit()["beta"] == pytest.approx((x.sum() + 0.6) / x.sum())
+def test_fit_is_the_line_through_the_reference():
+    fit = with_reference(1.4, 0.25).in_graph_fit()
+    assert fit["fit"] == "line" and fit["beta"] == pytest.approx(1.4) and fit["gamma"] == pytest.approx(0.25)
+    assert fit["tokens"] == [6, N]
 
 
 def test_prediction_charges_parts_as_they_run_in_the_graph():
-    t = with_reference(1.4, 0.0)
+    t = with_reference(1.4, 0.25)
     kept = np.array([10, 10, 4])                 # blocks 1 and 3 have a selector (conftest: sel(n) = 0.02 + 0.001 n)
     n_in, n_out = [17, 11, 11], [11, 11, 5]
-    blocks = sum(1.4 * (att(a) + mlp(b)) for a, b in zip(n_in, n_out))
+    blocks = sum(1.4 * (att(a) + mlp(b)) + 0.25 for a, b in zip(n_in, n_out))
     sels = 1.4 * ((0.02 + 0.001 * 17) + (0.02 + 0.001 * 11))
     fixed = OVERHEAD + (FIXED_MS["embed"] - OVERHEAD) + HEAD
     assert float(t.predict_ms(kept)) == pytest.approx(fixed + blocks + sels)
     raw = dataclasses.replace(t, in_graph={})    # without the reference: the parts as timed alone
+    assert raw.in_graph_fit()["fit"] == "none"
     assert float(raw.predict_ms(kept)) == pytest.approx(float(make_table(N=N, depth=DEPTH).predict_ms(kept)))
     assert float(t.predict_ms(kept)) > float(raw.predict_ms(kept))
     # the unpruned prediction reproduces the reference at N exactly (embed added; the head is in both)
@@ -55,8 +52,16 @@ def test_prediction_charges_parts_as_they_run_in_the_graph():
     assert unpruned == pytest.approx(t.in_graph["median_ms"][1] + FIXED_MS["embed"] - OVERHEAD)
 
 
+def test_a_negative_intercept_falls_back_to_the_ratio():
+    t = with_reference(1.2, -0.2)
+    fit = t.in_graph_fit()
+    x = np.array([att(n) + mlp(n) for n in (6, N)])
+    assert fit["fit"] == "ratio" and fit["gamma"] == 0.0
+    assert fit["beta"] == pytest.approx((1.2 * x.sum() - 0.4) / x.sum())
+
+
 def test_search_costs_use_the_correction():
-    t = with_reference(2.0, 0.0)
+    t = with_reference(2.0, 0.0)   # a line through the origin
     kept = np.array([[[16], [8]], [[16], [6]], [[16], [2]]])
     cost, base = t.candidate_costs(kept, mode="threshold")
     raw_cost, raw_base = dataclasses.replace(t, in_graph={}).candidate_costs(kept, mode="threshold")
@@ -65,11 +70,13 @@ def test_search_costs_use_the_correction():
     assert base + cost[:, 0].sum() == pytest.approx(float(t.predict_ms(np.full(DEPTH, 16))))
 
 
-def test_a_reference_faster_than_the_head_is_ignored():
+def test_one_point_or_a_broken_reference_scales_through_the_origin():
+    one = with_reference(1.5, 0.0, tokens=(N,)).in_graph_fit()
+    assert one["fit"] == "ratio" and one["beta"] == pytest.approx(1.5)
     t = make_table(N=N, depth=DEPTH)
     med = [OVERHEAD, OVERHEAD]   # nothing left for the blocks: a broken measurement, not a correction
     t.in_graph = {"tokens": [6, N], "median_ms": med, "p90_ms": med, "samples_ms": [[m] for m in med]}
-    assert t.in_graph_fit()["beta"] == 1.0
+    assert t.in_graph_fit()["beta"] == 1.0 and t.in_graph_fit()["gamma"] == 0.0
 
 
 def test_round_trip_and_malformed(tmp_path):

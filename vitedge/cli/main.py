@@ -259,7 +259,8 @@ def profile(output, resume, **kw):
     N = table.num_tokens
     click.echo(f"latency table ({table.device['name']}, {table.device['runtime']} {table.device['runtime_version']}, "
                f"{table.device['threads']} threads): attention {table.parts['attention']['median_ms'][-1]:.3f} ms, "
-               f"mlp {table.parts['mlp']['median_ms'][-1]:.3f} ms at N={N}; predicted unpruned "
+               f"mlp {table.parts['mlp']['median_ms'][-1]:.3f} ms at N={N} (timed alone; inside the model measured "
+               f"x{table.in_graph_fit()['beta']:.3f} + {table.in_graph_fit()['gamma']:.3f} ms per block); predicted unpruned "
                f"{table.predict_ms([N - table.model['num_prefix']] * table.model['depth'], [False] * table.model['depth']):.3f} ms -> {output}")
 
 

@@ -16,14 +16,15 @@ one call. The whole-model prediction is therefore::
 
 with o the run overhead, n = prefix + kept patch tokens, s_l = 1 where block l has a selector.
 
-Parts timed alone run faster than inside the model (measured, ``benchmarks/results/precision.md``: ViT-S on
-ONNX Runtime, the sum of the parts was 0.70x the same blocks in one graph, fp32 and int8 alike: a part timed
-alone keeps its weights in cache and runs in short calls, while the model's blocks bring their own weights in
-turn within one long call, and on a shared core a long call is the one the scheduler interrupts). So each table
+A part timed alone need not run as it does inside the model (measured on ViT-S, ONNX Runtime, 1 thread: on a
+core shared with another process the same blocks run in one graph took 1.38-1.49x the sum of the parts timed
+alone, fp32 and int8 alike, since a 1-5 ms part mostly runs between the scheduler's interruptions and a 100 ms
+graph does not; on a quiet core 0.79-1.06x, ``benchmarks/results/table_error.md``). So each table
 also times the ``blocks`` in-graph reference (every block, each with its own weights, then the head, one call; no
 selector) at two token counts (:data:`IN_GRAPH`, each timed :data:`IN_GRAPH_REPEATS` times spread over the
-profile), and scales the block parts and selectors by the measured ratio ``beta`` of in-graph to alone
-(:meth:`LatencyTable.in_graph_fit`). A table without the reference (older files) is used as measured (``beta = 1``).
+profile), and charges a block ``beta * (att(n) + mlp(n) - 2o) + gamma`` with the line fitted through those points
+(:meth:`LatencyTable.in_graph_fit`; selectors scaled by ``beta``). A table without the reference (older files) is
+used as measured (``beta = 1``, ``gamma = 0``).
 Runtimes that need static shapes (LiteRT) are measured on a grid of token counts
 (``meta["measured_tokens"]``); the table holds every n = 1..N, linearly interpolated between
 measured points, and the capacity search only uses measured counts (exact latency).
@@ -104,7 +105,8 @@ class LatencyTable:
 
     def part_ms(self, part: str, n, *, raw: bool = False) -> np.ndarray:
         """Latency (ms) of ``part`` on ``n`` tokens inside the model: its median minus one call overhead (clamped at
-        0), times the in-graph ratio (:meth:`in_graph_fit`; ``raw``: as timed alone).
+        0), corrected by the in-graph fit (:meth:`in_graph_fit`: times beta, plus half the per-block gamma for the
+        attention and the MLP part; ``raw``: as timed alone).
 
         Args:
             part: "attention", "selector", "capacity_selector" or "mlp".
@@ -121,27 +123,35 @@ class LatencyTable:
         if raw:
             return alone
         fit = self.in_graph_fit()
-        return fit["beta"] * alone
+        return fit["beta"] * alone + (fit["gamma"] / 2 if part in REQUIRED_PARTS else 0.0)
 
     def in_graph_fit(self) -> dict:
         """The correction from parts timed alone to the same parts inside the model, from the in-graph reference.
 
         With y_i = (blocks(n_i) - o - head) / depth the in-graph time of one block at n_i tokens and
-        x_i = att(n_i) + mlp(n_i) - 2o the parts timed alone: beta = sum y / sum x (a ratio through the origin;
-        a line through two noisy points amplified their noise into the slope, measured on a shared machine).
+        x_i = att(n_i) + mlp(n_i) - 2o the parts timed alone: the line y = beta * x + gamma through the points
+        (gamma, ms per block, is what a block costs inside the model whatever its token count, e.g. its weights
+        streamed from memory where a part timed alone finds them in cache). A line that is not a slope > 0 and an
+        intercept >= 0 (noise between two points on a loaded machine) falls back to the ratio through the origin,
+        beta = sum y / sum x, gamma = 0.
 
         Returns:
-            {"beta": float, "tokens": [n_i], "ratio": [y_i / x_i]}; beta 1 when the table has no in-graph
-            reference.
+            {"beta": float, "gamma": ms per block, "tokens": [n_i], "ratio": [y_i / x_i], "fit": "line" | "ratio" |
+            "none"}; beta 1, gamma 0 when the table has no in-graph reference.
         """
         if not self.in_graph:
-            return {"beta": 1.0, "tokens": [], "ratio": []}
+            return {"beta": 1.0, "gamma": 0.0, "tokens": [], "ratio": [], "fit": "none"}
         ns = np.asarray(self.in_graph["tokens"], np.int64)
         y = (np.asarray(self.in_graph["median_ms"], np.float64) - self.overhead_ms - self.fixed_ms("head")) \
             / int(self.model["depth"])
         x = sum(self.part_ms(p, ns, raw=True) for p in REQUIRED_PARTS)
-        beta = float(y.sum() / x.sum()) if x.sum() > 0 and y.sum() > 0 else 1.0
-        return {"beta": beta, "tokens": ns.tolist(), "ratio": (y / np.maximum(x, 1e-12)).round(4).tolist()}
+        out = {"beta": float(y.sum() / x.sum()) if x.sum() > 0 and y.sum() > 0 else 1.0, "gamma": 0.0,
+               "tokens": ns.tolist(), "ratio": (y / np.maximum(x, 1e-12)).round(4).tolist(), "fit": "ratio"}
+        if len(ns) >= 2 and np.ptp(x) > 0:
+            slope, icpt = np.polyfit(x, y, 1)
+            if np.isfinite(slope) and slope > 0 and icpt >= 0:
+                out.update(beta=float(slope), gamma=float(icpt), fit="line")
+        return out
 
     def fixed_ms(self, name: str) -> float:
         """Median of a fixed part (ms) minus one call overhead (``run_overhead`` itself: as measured)."""
