@@ -14,6 +14,7 @@ from conftest import CLASSES, NUM_PATCHES, make_tiny_vit
 from vitedge.data.digits import ImageSet
 from vitedge.exporters.graphs import (FIXED_PARTS, PARTS, export_parts, export_pruned, export_unpruned, min_tokens,
                                       part_inputs, part_module)
+from vitedge.tables.latency import IN_GRAPH
 from vitedge.exporters.onnx import ExportError, FORBIDDEN_OPS, OpAuditError, audit_ops, export_onnx
 from vitedge.exporters.validation import ParityError, check_parity
 from vitedge.models.adapter import PrunableViT
@@ -198,9 +199,10 @@ def test_export_onnx_refuses_forbidden_ops_and_keeps_no_file(tmp_path):
 # ------------------------------------------------------------------------------ parts
 
 def _part_files(pm):
-    """The files export_parts writes by default: one dynamic-axis file per part, one capacity file per n >= p + 1."""
+    """The files export_parts writes by default: one dynamic-axis file per part (and the in-graph reference), one
+    capacity file per n >= p + 1."""
     p, N = pm.num_prefix, pm.num_tokens
-    files = {(part, None): f"{part}.onnx" for part in (*PARTS, *FIXED_PARTS) if part != "capacity_selector"}
+    files = {(part, None): f"{part}.onnx" for part in (*PARTS, *FIXED_PARTS, IN_GRAPH) if part != "capacity_selector"}
     files.update({("capacity_selector", n): f"capacity_selector_n{n}.onnx" for n in range(p + 1, N + 1)})
     return files
 
@@ -225,10 +227,11 @@ def test_export_parts_subset_of_tokens(distilled, tmp_path):
     pm = distilled[0]
     p, N = pm.num_prefix, pm.num_tokens
     parts = export_parts(pm, tmp_path, parts=("capacity_selector",), tokens=[1, p, p + 1, 9, N])
-    # n below p + 1 (no patch token) is never exported; the fixed parts always are
-    assert set(parts) == {("capacity_selector", n) for n in (p + 1, 9, N)} | {(f, None) for f in FIXED_PARTS}
+    # n below p + 1 (no patch token) is never exported; the fixed parts and the in-graph reference always are
+    always = (*FIXED_PARTS, IN_GRAPH)
+    assert set(parts) == {("capacity_selector", n) for n in (p + 1, 9, N)} | {(f, None) for f in always}
     assert sorted(os.listdir(tmp_path)) == sorted([f"capacity_selector_n{n}.onnx" for n in (p + 1, 9, N)]
-                                                  + [f"{f}.onnx" for f in FIXED_PARTS])
+                                                  + [f"{f}.onnx" for f in always])
 
 
 def test_dynamic_part_files_take_any_n_capacity_files_one(parts_export):
