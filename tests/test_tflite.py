@@ -29,7 +29,8 @@ from vitedge.exporters.tflite import (FORBIDDEN_TFLITE, TFLITE_PARTS, TFLiteUnav
 from vitedge.exporters.validation import ParityError  # noqa: E402
 from vitedge.models.adapter import PrunableViT  # noqa: E402
 from vitedge.models.pruning import capacity_select  # noqa: E402
-from vitedge.tables.latency import LatencyTableError  # noqa: E402
+from vitedge.exporters.graphs import in_graph_tokens  # noqa: E402
+from vitedge.tables.latency import IN_GRAPH, LatencyTableError  # noqa: E402
 
 CAPS = [None, 8]
 # comparison, logical, cast and sort-like ops: the capacity graph must need none of them
@@ -175,11 +176,12 @@ def test_threshold_mode_is_refused(tmp_path):
 
 def test_parts_files_map_every_part_and_n(parts_tflite):
     pm, folder, tokens, files = parts_tflite
-    assert set(files) == {(part, n) for part in TFLITE_PARTS for n in tokens} | {(f, None) for f in FIXED_PARTS}
+    in_graph = {(IN_GRAPH, n) for n in in_graph_tokens(pm, tokens)}  # the in-graph reference at two n
+    assert set(files) == {(part, n) for part in TFLITE_PARTS for n in tokens} | {(f, None) for f in FIXED_PARTS} | in_graph
     assert "selector" not in {part for part, _ in files}               # NonZero does not convert
     for (part, _), path in files.items():
         assert path == folder / f"{part}.tflite"                       # one multi-signature file per part
-    assert sorted(os.listdir(folder)) == sorted(f"{p}.tflite" for p in (*TFLITE_PARTS, *FIXED_PARTS))
+    assert sorted(os.listdir(folder)) == sorted(f"{p}.tflite" for p in (*TFLITE_PARTS, *FIXED_PARTS, IN_GRAPH))
     from ai_edge_litert.interpreter import Interpreter
 
     for part in TFLITE_PARTS:
