@@ -102,3 +102,20 @@ def run_selection_study(name: str, args, run_model, markdown, plot) -> None:
     write_results(name, data, markdown(data), args.out)
     plot(data, args.out / f"{name}.png")
     print(f"wrote {args.out / name}.{{json,md,png}}")
+
+
+def plot_per_model(data: dict, path: Path, draw, xlabel: str, ylabel: str) -> None:
+    """One panel per entry of ``data["models"]``: ``draw(ax, model_entry)`` plots its lines; titled, labelled, saved."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(data["models"]), figsize=(5.5 * len(data["models"]), 4), squeeze=False)
+    for ax, m in zip(axes[0], data["models"]):
+        draw(ax, m)
+        ax.set_title(m["model"])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_plot(fig, path)

@@ -155,9 +155,12 @@ def run_config(name: str, args, work: Path, test) -> dict:
               "fisher": [(r["measured_ms"], r["test_accuracy"]) for r in runs if r["objective"] == "fisher" and "error" not in r]}
     for fam in ("pomt", "topk", "flops_viterbi"):
         points[fam] = [(r["measured_ms"], r["test_accuracy"]) for r in rows if r["family"] == fam]
-    equal = {k: (min((ms for ms, a in v if a >= target - 1e-9), default=None)) for k, v in points.items() if v}
+    def fastest(pts):  # the fastest measured point that keeps the target accuracy (None: not reached)
+        return min((ms for ms, a in pts if a >= target - 1e-9), default=None)
+
+    equal = {k: fastest(v) for k, v in points.items() if v}
     picked = {k: [(r[k]["measured_ms"], r[k]["test_accuracy"]) for r in table_rows if r.get(k)] for k in METHODS}
-    equal_picked = {k: (min((ms for ms, a in v if a >= target - 1e-9), default=None)) for k, v in picked.items() if v}
+    equal_picked = {k: fastest(v) for k, v in picked.items() if v}
     return {"config": name, "format": fmt, "mode": mode, "unpruned_ms": unpruned, "unpruned_test_accuracy": test_ev.unpruned_accuracy,
             "unpruned_calib_accuracy": calib_ev.unpruned_accuracy, "calibration_images": len(ctx.images),
             "runs": runs, "max_drop_run": drop_run, "baselines": [{k: v for k, v in r.items() if k != "path"} for r in rows],

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from _common import md_table, run_selection_study, save_plot, selection_parser
+from _common import md_table, plot_per_model, run_selection_study, selection_parser
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -73,23 +73,14 @@ def markdown(data: dict) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(data["models"]), figsize=(5.5 * len(data["models"]), 4), squeeze=False)
-    for ax, m in zip(axes[0], data["models"]):
+    def draw(ax, m):
         for rule, mk in (("own", "o"), ("pooled", "s")):
             rs = [r for r in m["rows"] if r["rule"] == rule]
             ax.plot([r["max_drop"] for r in rs], [r["test_drop"] for r in rs], marker=mk, label=f"{rule} bound")
         ds = sorted({r["max_drop"] for r in m["rows"]})
         ax.plot(ds, ds, "k--", lw=0.8, label="test drop = D")
-        ax.set_title(m["model"])
-        ax.set_xlabel("--max-accuracy-drop D (points)")
-        ax.set_ylabel("test drop (points)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    save_plot(fig, path)
+
+    plot_per_model(data, path, draw, "--max-accuracy-drop D (points)", "test drop (points)")
 
 
 def main(argv=None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import md_table, run_selection_study, save_plot, selection_parser
+from _common import md_table, plot_per_model, run_selection_study, selection_parser
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -101,21 +101,12 @@ def markdown(data: dict) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(data["models"]), figsize=(5.5 * len(data["models"]), 4), squeeze=False)
-    for ax, m in zip(axes[0], data["models"]):
+    def draw(ax, m):
         for k, mk in zip(METHODS, "os^v"):
             pts = [(r["fraction"], 100 * r[k]["test_top1"]) for r in m["rows"] if r[k]]
             ax.plot(*zip(*pts), marker=mk, ms=4, label=k)
-        ax.set_title(m["model"])
-        ax.set_xlabel("budget (% of the predicted unpruned latency)")
-        ax.set_ylabel("test top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    save_plot(fig, path)
+
+    plot_per_model(data, path, draw, "budget (% of the predicted unpruned latency)", "test top-1 (%)")
 
 
 def main(argv=None) -> None:

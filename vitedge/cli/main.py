@@ -256,11 +256,11 @@ def profile(output, resume, **kw):
     ctx.require_profiler()  # LiteRT parts are converted with litert-torch: missing -> one line, before any work
     table = ctx.latency_table()
     table.save(output)
-    N = table.num_tokens
+    N, fit = table.num_tokens, table.in_graph_fit()
     click.echo(f"latency table ({table.device['name']}, {table.device['runtime']} {table.device['runtime_version']}, "
                f"{table.device['threads']} threads): attention {table.parts['attention']['median_ms'][-1]:.3f} ms, "
                f"mlp {table.parts['mlp']['median_ms'][-1]:.3f} ms at N={N} (timed alone; inside the model measured "
-               f"x{table.in_graph_fit()['beta']:.3f} + {table.in_graph_fit()['gamma']:.3f} ms per block); predicted unpruned "
+               f"x{fit['beta']:.3f} + {fit['gamma']:.3f} ms per block); predicted unpruned "
                f"{table.predict_ms([N - table.model['num_prefix']] * table.model['depth'], [False] * table.model['depth']):.3f} ms -> {output}")
 
 

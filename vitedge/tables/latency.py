@@ -103,10 +103,10 @@ class LatencyTable:
     def overhead_ms(self) -> float:
         return float(self.fixed["run_overhead"]["median_ms"])
 
-    def part_ms(self, part: str, n, *, raw: bool = False) -> np.ndarray:
+    def part_ms(self, part: str, n, *, raw: bool = False, fit: dict | None = None) -> np.ndarray:
         """Latency (ms) of ``part`` on ``n`` tokens inside the model: its median minus one call overhead (clamped at
         0), corrected by the in-graph fit (:meth:`in_graph_fit`: times beta, plus half the per-block gamma for the
-        attention and the MLP part; ``raw``: as timed alone).
+        attention and the MLP part; ``raw``: as timed alone; ``fit``: :meth:`in_graph_fit` when the caller already has it).
 
         Args:
             part: "attention", "selector", "capacity_selector" or "mlp".
@@ -122,7 +122,7 @@ class LatencyTable:
         alone = np.maximum(med[n - 1] - self.overhead_ms, 0.0)
         if raw:
             return alone
-        fit = self.in_graph_fit()
+        fit = fit or self.in_graph_fit()
         return fit["beta"] * alone + (fit["gamma"] / 2 if part in REQUIRED_PARTS else 0.0)
 
     def in_graph_fit(self) -> dict:
@@ -182,8 +182,9 @@ class LatencyTable:
         if selectors is None:
             selectors = (n_out < n_in).any(axis=tuple(range(1, kept.ndim))) if kept.ndim > 1 else n_out < n_in
         sel = np.asarray(selectors, bool).reshape((-1,) + (1,) * (kept.ndim - 1))
-        sel_ms = self.part_ms(self._selector(mode), n_in) if sel.any() else 0.0
-        t = self.part_ms("attention", n_in) + sel * sel_ms + self.part_ms("mlp", n_out)
+        fit = self.in_graph_fit()  # one fit for the three parts
+        sel_ms = self.part_ms(self._selector(mode), n_in, fit=fit) if sel.any() else 0.0
+        t = self.part_ms("attention", n_in, fit=fit) + sel * sel_ms + self.part_ms("mlp", n_out, fit=fit)
         return self.overhead_ms + self.fixed_ms("embed") + self.fixed_ms("head") + t.sum(axis=0)
 
     def candidate_costs(self, kept: np.ndarray, mode: str = "threshold") -> tuple[np.ndarray, float]:
@@ -205,8 +206,9 @@ class LatencyTable:
         kept = np.asarray(kept, np.int64)
         L, M, _ = kept.shape
         n = kept + int(self.model["num_prefix"])
-        per_image = self.part_ms("mlp", n)
-        per_image[:-1] += self.part_ms("attention", n[:-1])
+        fit = self.in_graph_fit()
+        per_image = self.part_ms("mlp", n, fit=fit)
+        per_image[:-1] += self.part_ms("attention", n[:-1], fit=fit)
         cost = per_image.mean(axis=2)
         cost[:, 1:] += self.selector_charge_ms(mode)
         return cost, self.base_ms()
