@@ -188,10 +188,8 @@ def test_api_checks_precision_keywords():
 
 
 # -- accuracy in the loop at int8 ------------------------------------------------------------------------------
-def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatch):
-    """QuantizedRerank keeps the fp32 search's candidates and, per budget, picks the fitting shortlist member whose
-    int8 export scores best (here the scores are rigged so that the fp32 runner-up wins), and exports through the
-    int8 route for real (its files are quantized ONNX)."""
+def _int8_search():
+    """(fp32 MeasuredSearch, its int8 QuantizedRerank, the int8 artifact) over a 3-block tiny model, 16 labelled images."""
     from types import SimpleNamespace
 
     from conftest import NUM_PATCHES
@@ -218,16 +216,75 @@ def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones(monkeypatc
     rr = rerank_quantized(ctx, search, artifact, log=lambda m: None)
     assert isinstance(rr, QuantizedRerank) and isinstance(rr, MeasuredSearch)
     search.ensure_families()
+    return search, rr, artifact
+
+
+def test_rerank_picks_the_best_quantized_candidate_among_fitting_ones():
+    """QuantizedRerank keeps the fp32 search's candidates and, per budget, picks the fitting shortlist member whose
+    int8 export scores best (here the scores are rigged so that the fp32 runner-up wins), and exports through the
+    int8 route for real (its files are quantized ONNX)."""
+    search, rr, artifact = _int8_search()
     budget = float(np.median([c.predicted_ms for c in search.candidates]))
     fp32_top = search.best(budget)
     fit = sorted(rr._fitting(budget), key=rr.key, reverse=True)
     assert len(fit) >= 2
     real = rr._quantized_score(fit[0])  # one real int8 export, run in ONNX Runtime
     assert 0.0 <= real <= 1.0 and (fit[0].mode, fit[0].indices) in rr.quantized_scores
+    assert rr.quantized_top1[(fit[0].mode, fit[0].indices)].shape == (16,)
     rr.quantized_scores = {(c.mode, c.indices): (0.9 if c is fit[1] else 0.1) for c in fit}
     pick = rr.best(budget)
     assert pick is fit[1] and pick is not fp32_top and pick.predicted_ms <= budget
     assert artifact.reranks[-1]["pick"] == [fit[1].mode, [int(i) for i in fit[1].indices]]
+
+
+def _rig(rr, cand, wrong: bool):
+    """Give ``cand``'s quantized export rigged top-1: every image wrong, or the fp32 candidate's own predictions."""
+    top1 = cand.quality.top1.copy()
+    if wrong:
+        top1 = (rr.evaluator.labels + 1) % 5
+    rr.quantized_top1[(cand.mode, cand.indices)] = top1
+
+
+def test_int8_max_accuracy_drop_holds_the_quantized_export():
+    """--max-accuracy-drop at int8: the fastest fp32 schedule within D whose int8 export drops more is passed over
+    for the next fastest whose int8 export keeps D; the bound of a quantized export is never below its fp32 bound
+    nor its own; the unpruned model is the floor."""
+    search, rr, artifact = _int8_search()
+    loose = 10.0  # the tiny model is right on 3 of 16 images: an all-wrong export drops 18.75 points
+    fits = sorted((c for c in search.candidates if search.drop_bound_of(c) <= loose and any(c.indices)),
+                  key=lambda c: (c.predicted_ms, -c.top1))
+    assert len(fits) >= 2
+    _rig(rr, fits[0], wrong=True)
+    for c in fits[1:]:
+        _rig(rr, c, wrong=False)
+    assert rr.drop_bound_of(fits[0]) > loose  # every image wrong: far beyond D
+    b1 = rr.drop_bound_of(fits[1])
+    assert b1 >= search.drop_bound_of(fits[1]) - 1e-9
+    assert b1 >= float(np.mean(rr.evaluator.per_image_drop(fits[1].quality.top1))) * 100 - 1e-9
+    pick = rr.fastest_within(loose)
+    assert pick is fits[1] and pick is not search.fastest_within(loose)
+    assert artifact.reranks[-1]["pick"] == [pick.mode, [int(i) for i in pick.indices]]
+    assert [t["candidates"] for t in artifact.reranks[-1]["tried"]] == [list(fits[0].indices), list(fits[1].indices)]
+    for c in fits:
+        _rig(rr, c, wrong=True)
+    assert not any(rr.fastest_within(loose).indices)  # none keeps it: the unpruned floor
+
+
+def test_int8_budget_with_max_accuracy_drop_uses_the_quantized_bound():
+    """With --budget-ms as well, the pick at the budget must keep D in its quantized export, else the one-line
+    AccuracyBudgetError."""
+    from vitedge.pipeline import AccuracyBudgetError, pick_for_accuracy
+
+    search, rr, _ = _int8_search()
+    budget = float(np.median([c.predicted_ms for c in search.candidates]))  # below the unpruned latency: pruned
+    at = rr.best(budget)
+    assert any(at.indices)
+    _rig(rr, at, wrong=False)
+    assert rr.drop_bound_of(at) >= search.drop_bound_of(at) - 1e-9
+    assert pick_for_accuracy(rr, budget, 100.0).candidates == list(at.indices)
+    _rig(rr, at, wrong=True)
+    with pytest.raises(AccuracyBudgetError, match="keeps the accuracy drop within"):
+        pick_for_accuracy(rr, budget, search.drop_bound_of(at) + 1.0)
 
 
 def test_bench_precision_reads_the_file(tiny, calib, pruned_fp32, tmp_path):

@@ -152,7 +152,7 @@ def pick_for_accuracy(search, budget_ms: float | None, max_drop: float) -> Sched
     if budget_ms is None:
         return search.schedule(fast, fast.predicted_ms)
     at = search.best(budget_ms)
-    bound = search.drop_bounds()[id(at)]
+    bound = search.drop_bound_of(at)  # int8/fp16: of the quantized export (vitedge.quantized_search)
     if bound > max_drop + 1e-9:
         raise AccuracyBudgetError(
             f"no schedule within {budget_ms:.4g} ms keeps the accuracy drop within {max_drop:g} points (90 % bound on the "

@@ -91,23 +91,25 @@ class QualityEvaluator:
     def __len__(self) -> int:
         return len(self.images)
 
-    def _per_image_drop(self, q: Quality) -> np.ndarray:
-        """(D,) per-image drop: labelled -> [unpruned right] - [pruned right]; else [prediction changed]."""
-        if q.accuracy is not None and self.labels is not None:
-            return (self.reference_top1 == self.labels).astype(np.float64) - (q.top1 == self.labels)
-        return (q.top1 != self.reference_top1).astype(np.float64)
+    def per_image_drop(self, top1: np.ndarray) -> np.ndarray:
+        """(n,) per-image drop of predictions ``top1`` (n,) on the first n calibration images: labelled ->
+        [unpruned right] - [right]; else [prediction changed from the unpruned model's]."""
+        top1 = np.asarray(top1)
+        ref = self.reference_top1[:len(top1)]
+        if self.labels is not None:
+            labels = self.labels[:len(top1)]
+            return (ref == labels).astype(np.float64) - (top1 == labels)
+        return (top1 != ref).astype(np.float64)
 
     def drop_points(self, q: Quality) -> float:
         """Accuracy drop in points vs the unpruned model: labelled -> accuracy, else 100 (1 - agreement)."""
-        return 100.0 * float(self._per_image_drop(q).mean())
+        return 100.0 * float(self.per_image_drop(q.top1).mean())
 
     def drop_bound(self, q: Quality, z: float = DROP_Z) -> float:
         """One-sided upper confidence bound of :meth:`drop_points` (points): mean + z x standard error of
         the paired per-image drops (z = 1.2816: 90 %). What ``--max-accuracy-drop`` holds: the fastest
         schedule whose point estimate fits is the one whose calibration noise flattered it most."""
-        d = self._per_image_drop(q)
-        se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-        return 100.0 * (float(d.mean()) + z * se)
+        return drop_bound(self.per_image_drop(q.top1), z)
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, mode: str, values) -> Quality:
@@ -223,6 +225,14 @@ class QualityEvaluator:
         if valid is None or self.model.min_patch_tokens == 0:  # a class-token head reads prefix tokens only
             return self.model.head(tokens)
         return torch.cat([self.model.head(tokens[i:i + 1, : int(valid[i].sum())]) for i in range(tokens.shape[0])])
+
+
+def drop_bound(drops: np.ndarray, z: float = DROP_Z) -> float:
+    """One-sided upper confidence bound (points) of the mean of per-image drops ``drops`` (n,) in {-1, 0, 1}:
+    mean + z x standard error (z = 1.2816: 90 %)."""
+    d = np.asarray(drops, np.float64)
+    se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    return 100.0 * (float(d.mean()) + z * se)
 
 
 def _compact(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,13 @@ threshold decisions). :class:`QuantizedRerank` keeps the search as it is and cha
 budget, the :data:`SHORTLIST` best fp32 candidates whose predicted latency fits (the table is profiled at the
 requested precision) are exported, quantized as the main job does, run on the calibration images in the runtime,
 and the one with the best quantized quality wins (accuracy when labelled, else top-1 agreement with the unpruned
-fp32 model; ties: the fp32 order). ``fastest_within`` (``--max-accuracy-drop``) is left on fp32 quality.
+fp32 model; ties: the fp32 order).
+
+``--max-accuracy-drop D`` holds the *quantized* export to D: :meth:`QuantizedRerank.fastest_within` walks the
+candidates whose fp32 drop bound fits, fastest first, exports each at the requested precision and returns the first
+whose quantized bound fits (:meth:`QuantizedRerank.drop_bound_of`: the fp32 bound plus the drop quantization adds
+on the same images, never less than the quantized export's own bound), at most :data:`ACCURACY_SCAN` exports; the
+unpruned model is the floor (quantization's own drop is not the schedule's to remove).
 """
 from __future__ import annotations
 
@@ -16,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .quality import drop_bound
 from .search.measured import Candidate, MeasuredSearch
 
 SHORTLIST = 4        # fitting fp32 candidates whose quantized export is measured per budget
 RERANK_IMAGES = 128  # calibration images each quantized candidate is run on
+ACCURACY_SCAN = 12   # --max-accuracy-drop: quantized exports tried, fastest first, before the unpruned floor
 
 
 def rerank_quantized(ctx, search, artifact, *, log=print):
@@ -38,17 +46,19 @@ class QuantizedRerank(MeasuredSearch):
         self.__dict__.update(inner.__dict__)  # the same candidate cache, planner, evaluator, knobs
         self.ctx, self.artifact, self.log = ctx, artifact, log
         self.quantized_scores: dict[tuple, float] = {}  # by (mode, indices): auto mode searches both modes
+        self.quantized_top1: dict[tuple, np.ndarray] = {}
         self.reranks: list[dict] = []
         artifact.reranks = self.reranks  # the report's precision record lists them (PrecisionArtifact.audit)
 
-    def _quantized_score(self, cand: Candidate) -> float:
-        """Quality of ``cand``'s quantized export on the calibration images (fraction), cached."""
+    def _quantized_top1(self, cand: Candidate) -> np.ndarray:
+        """(n,) top-1 of ``cand``'s quantized export on the first n = min(:data:`RERANK_IMAGES`, D) calibration
+        images, run at batch 1 in the runtime; cached by (mode, indices)."""
         key = (cand.mode, cand.indices)
-        if key in self.quantized_scores:
-            return self.quantized_scores[key]
+        if key in self.quantized_top1:
+            return self.quantized_top1[key]
         from .exporters.quantize import _runner
 
-        model, images = self.ctx.model, self.ctx.images.subset(RERANK_IMAGES)
+        model, images = self.ctx.model, self.evaluator.images.subset(RERANK_IMAGES)  # the images fp32 quality is on
         schedule = self.schedule(cand, cand.predicted_ms)
         with tempfile.TemporaryDirectory(prefix="vitedge-rerank-") as tmp:
             path = Path(tmp) / f"candidate{self.artifact.suffix}"
@@ -56,10 +66,60 @@ class QuantizedRerank(MeasuredSearch):
                 self.artifact.export(model, path)
             run = _runner(path, "onnxruntime" if self.artifact.fmt == "onnx" else "litert")
             top1 = np.array([int(np.argmax(run(images.images[i:i + 1])[0])) for i in range(len(images))])
-        target = images.labels if images.labels is not None else self.evaluator.reference_top1[:len(images)]
-        score = float((top1 == target).mean())
-        self.quantized_scores[key] = score
-        return score
+        self.quantized_top1[key] = top1
+        return top1
+
+    def _quantized_score(self, cand: Candidate) -> float:
+        """Quality of ``cand``'s quantized export on the calibration images (fraction: accuracy when labelled, else
+        top-1 agreement with the unpruned fp32 model), cached."""
+        key = (cand.mode, cand.indices)
+        if key not in self.quantized_scores:
+            top1 = self._quantized_top1(cand)
+            labels = self.evaluator.labels
+            target = labels[:len(top1)] if labels is not None else self.evaluator.reference_top1[:len(top1)]
+            self.quantized_scores[key] = float((top1 == target).mean())
+        return self.quantized_scores[key]
+
+    def drop_bound_of(self, cand: Candidate, bounds: dict | None = None) -> float:
+        """The drop bound (points) of ``cand``'s *quantized* export: the fp32 bound (:meth:`MeasuredSearch.drop_bounds`,
+        or ``bounds``) plus the drop quantization adds on the same n images (paired; a gain counts as 0), and never
+        below the quantized drops' own 90 % bound. The unpruned model: its fp32 bound (the floor)."""
+        bounds = self.drop_bounds() if bounds is None else bounds
+        fp32 = bounds.get(id(cand), cand.drop_bound)
+        if all(i == 0 for i in cand.indices):
+            return fp32
+        top1 = self._quantized_top1(cand)
+        dq = self.evaluator.per_image_drop(top1)
+        shift = 100.0 * float((dq - self.evaluator.per_image_drop(cand.quality.top1[:len(top1)])).mean())
+        return max(fp32 + max(shift, 0.0), drop_bound(dq))
+
+    def fastest_within(self, drop_points: float) -> Candidate:
+        """The fastest (predicted) candidate whose quantized export keeps ``drop_points`` (:meth:`drop_bound_of`):
+        the candidates whose fp32 bound fits are tried fastest first, at most :data:`ACCURACY_SCAN` exports; the
+        unpruned model when none of them fits.
+
+        Raises:
+            as :meth:`MeasuredSearch.fastest_within`.
+        """
+        super().fastest_within(drop_points)  # validates, refines around the fp32 answer
+        bounds = self.drop_bounds()
+        unpruned = self.evaluate("unpruned", [0] * self.depth)
+        fits = sorted((c for c in self._cands.values() if c is not unpruned and bounds[id(c)] <= drop_points + 1e-9),
+                      key=lambda c: (c.predicted_ms, -c.top1))
+        pick, tried = unpruned, []
+        for c in fits[:ACCURACY_SCAN]:
+            b = self.drop_bound_of(c, bounds)
+            tried.append({"mode": c.mode, "candidates": [int(i) for i in c.indices], "predicted_ms": c.predicted_ms,
+                          "fp32_bound_points": bounds[id(c)], "quantized_bound_points": b})
+            if b <= drop_points + 1e-9:
+                pick = c
+                break
+        self.reranks.append({"max_accuracy_drop": float(drop_points), "tried": tried,
+                             "pick": [pick.mode, [int(i) for i in pick.indices]]})
+        if fits and pick is not fits[0]:
+            self.log(f"search: the {self.ctx.opts.precision} export of the fastest fp32 schedule within {drop_points:g} points "
+                     f"drops more; {len(tried)} quantized exports tried, the fastest that keeps it is predicted {pick.predicted_ms:.4g} ms")
+        return pick
 
     def best(self, budget: float) -> Candidate:
         """The fitting candidate with the best quantized quality among the fp32 search's :data:`SHORTLIST` best.

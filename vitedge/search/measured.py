@@ -393,6 +393,10 @@ class MeasuredSearch:
         pooled = IsotonicRegression(increasing=True).fit(kl, drop).predict(kl) if len(cands) > 1 else drop
         return {id(c): max(c.drop_bound, float(p) + c.drop_bound - c.drop) for c, p in zip(cands, pooled)}
 
+    def drop_bound_of(self, cand: Candidate) -> float:
+        """The drop bound (points) ``--max-accuracy-drop`` holds ``cand`` to (:meth:`drop_bounds`)."""
+        return self.drop_bounds()[id(cand)]
+
     # -- Planner interface -----------------------------------------------------------------------------------
     def schedule(self, cand: Candidate, budget: float) -> Schedule:
         """The :class:`~vitedge.schedule.Schedule` of an evaluated candidate (predicted = its realised prediction)."""
