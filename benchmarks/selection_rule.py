@@ -10,6 +10,8 @@ does not change the knobs. At budgets of 45 to 97.5 % of the predicted unpruned 
 latency table), each search's pick and, from the same evaluated candidates, the baselines' picks by POMT's
 rule (best calibration accuracy among the family's members that fit): POMT-style single cut and constant
 rate. Every pick's top-1 on the 600 held-out test digits (batched evaluator; equals the deployed forward).
+The search space's ceiling: every measured candidate's test top-1, i.e. what an oracle choosing on the test
+images would get at each budget, and the fastest candidate within 1 point of the unpruned test top-1.
 Selection only: nothing is exported or timed, so the CPU load does not change the result.
 Writes results/selection_rule.{json,md,png}.
 """
@@ -61,12 +63,29 @@ def run_model(name: str, ckpt, args, cache: Path) -> dict:
                 "test_top1": test.evaluate(c.mode, searches["kl"].values(c.indices, c.mode)).accuracy}
         rows.append(row)
     means = {k: float(np.mean([r[k]["test_top1"] for r in rows if r[k]])) for k in METHODS}
+    ceiling = search_space_ceiling(searches, test, full, rows)
     print(f"{name}: {sum(len(s.candidates) for s in searches.values())} candidates over both searches, "
           f"{time.time() - t0:.0f} s; mean test top-1 {means}", flush=True)
     return {"model": name, "checkpoint": ckpt or "shipped", "calibration_images": len(evaluator), "test_images": len(test),
             "unpruned_test_accuracy": test.unpruned_accuracy, "unpruned_calib_accuracy": evaluator.unpruned_accuracy,
-            "knobs": base.knobs.__dict__, "rows": rows, "mean_test_top1": means,
+            "knobs": base.knobs.__dict__, "rows": rows, "mean_test_top1": means, "ceiling": ceiling,
             "candidates": evaluator.evaluations, "seconds": sum(s.seconds for s in searches.values())}
+
+
+def search_space_ceiling(searches: dict, test: QualityEvaluator, full: float, rows: list) -> dict:
+    """What no selection rule over these candidates can beat: every evaluated candidate's *test* top-1 (an oracle
+    that chooses on the test images), per budget the best that fits, and the fastest (predicted, / unpruned) within
+    1 point of the unpruned test top-1, next to each method's fastest pick within it (from ``rows``)."""
+    cands = {(c.mode, c.indices): c for s in searches.values() for c in s.candidates}
+    pts = [(c.predicted_ms / full, test.evaluate(c.mode, searches["kl"].values(c.indices, c.mode)).accuracy)
+           for c in cands.values()]
+    target = test.unpruned_accuracy - 0.01 - 1e-9
+    per_budget = [max((a for r, a in pts if r <= row["fraction"] / 100), default=None) for row in rows]
+    within = [r for r, a in pts if a >= target]
+    methods = {k: min((row[k]["predicted_relative"] for row in rows if row[k] and row[k]["test_top1"] >= target), default=None)
+               for k in METHODS}
+    return {"candidates": len(pts), "best_test_top1_per_budget": per_budget, "fastest_within_1_point": min(within),
+            "methods_fastest_within_1_point": methods}
 
 
 def markdown(data: dict) -> str:
@@ -89,7 +108,16 @@ def markdown(data: dict) -> str:
                 cells.append("–" if c is None else f"{100 * c['test_top1']:.1f} ({c['predicted_relative']:.2f} {c['mode'][:3]})")
             body.append([f"{r['fraction']:g} %", *cells])
         body.append(["**mean**", *[f"**{100 * m['mean_test_top1'][k]:.2f}**" for k in METHODS]])
-        lines += [md_table(["budget", *METHODS], body)]
+        ce = m["ceiling"]
+        for row, best in zip(body, ce["best_test_top1_per_budget"] + [None]):
+            row.append("–" if best is None else f"{100 * best:.1f}")
+        body[-1][-1] = ""
+        lines += [md_table(["budget", *METHODS, "ceiling (test-chosen)"], body)]
+        fast = ", ".join(f"{k} {'–' if v is None else f'{v:.3f}'}" for k, v in ce["methods_fastest_within_1_point"].items())
+        lines += [f"Within 1 point of the unpruned test top-1, the fastest (predicted / unpruned): **any of the "
+                  f"{ce['candidates']} measured candidates, chosen on the test images: {ce['fastest_within_1_point']:.3f}**; "
+                  f"each method's picks at these budgets: {fast}. The ceiling column is the best test top-1 among all "
+                  "measured candidates that fit (no rule that selects on calibration data can beat it).", ""]
         kl, top1 = ([r[k]["test_top1"] for r in m["rows"] if r[k]] for k in ("vitedge kl", "vitedge top1"))
         d = 100 * (np.array(kl) - np.array(top1))
         behind = [r["fraction"] for r in m["rows"] if r["vitedge kl"] and any(

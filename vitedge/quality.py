@@ -109,7 +109,9 @@ class QualityEvaluator:
         """One-sided upper confidence bound of :meth:`drop_points` (points): mean + z x standard error of
         the paired per-image drops (z = 1.2816: 90 %). What ``--max-accuracy-drop`` holds: the fastest
         schedule whose point estimate fits is the one whose calibration noise flattered it most."""
-        return drop_bound(self.per_image_drop(q.top1), z)
+        d = self.per_image_drop(q.top1)
+        se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        return 100.0 * (float(d.mean()) + z * se)
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, mode: str, values) -> Quality:
@@ -225,14 +227,6 @@ class QualityEvaluator:
         if valid is None or self.model.min_patch_tokens == 0:  # a class-token head reads prefix tokens only
             return self.model.head(tokens)
         return torch.cat([self.model.head(tokens[i:i + 1, : int(valid[i].sum())]) for i in range(tokens.shape[0])])
-
-
-def drop_bound(drops: np.ndarray, z: float = DROP_Z) -> float:
-    """One-sided upper confidence bound (points) of the mean of per-image drops ``drops`` (n,) in {-1, 0, 1}:
-    mean + z x standard error (z = 1.2816: 90 %)."""
-    d = np.asarray(drops, np.float64)
-    se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-    return 100.0 * (float(d.mean()) + z * se)
 
 
 def _compact(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ fp32 model; ties: the fp32 order).
 ``--max-accuracy-drop D`` holds the *quantized* export to D: :meth:`QuantizedRerank.fastest_within` walks the
 candidates whose fp32 drop bound fits, fastest first, exports each at the requested precision and returns the first
 whose quantized bound fits (:meth:`QuantizedRerank.drop_bound_of`: the fp32 bound plus the drop quantization adds
-on the same images, never less than the quantized export's own bound), at most :data:`ACCURACY_SCAN` exports; the
+on the same images), at most :data:`ACCURACY_SCAN` exports; the
 unpruned model is the floor (quantization's own drop is not the schedule's to remove).
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .quality import drop_bound
 from .search.measured import Candidate, MeasuredSearch
 
 SHORTLIST = 4        # fitting fp32 candidates whose quantized export is measured per budget
@@ -82,16 +81,16 @@ class QuantizedRerank(MeasuredSearch):
 
     def drop_bound_of(self, cand: Candidate, bounds: dict | None = None) -> float:
         """The drop bound (points) of ``cand``'s *quantized* export: the fp32 bound (:meth:`MeasuredSearch.drop_bounds`,
-        or ``bounds``) plus the drop quantization adds on the same n images (paired; a gain counts as 0), and never
-        below the quantized drops' own 90 % bound. The unpruned model: its fp32 bound (the floor)."""
+        or ``bounds``, which holds the sampling margin) plus the drop quantization adds to the fp32 candidate on the
+        same n images (paired: the per-image drops of the two files differ only where quantization changed a
+        prediction; a gain counts as 0). The unpruned model: its fp32 bound (the floor)."""
         bounds = self.drop_bounds() if bounds is None else bounds
         fp32 = bounds.get(id(cand), cand.drop_bound)
         if all(i == 0 for i in cand.indices):
             return fp32
         top1 = self._quantized_top1(cand)
-        dq = self.evaluator.per_image_drop(top1)
-        shift = 100.0 * float((dq - self.evaluator.per_image_drop(cand.quality.top1[:len(top1)])).mean())
-        return max(fp32 + max(shift, 0.0), drop_bound(dq))
+        shift = self.evaluator.per_image_drop(top1) - self.evaluator.per_image_drop(cand.quality.top1[:len(top1)])
+        return fp32 + max(100.0 * float(shift.mean()), 0.0)
 
     def fastest_within(self, drop_points: float) -> Candidate:
         """The fastest (predicted) candidate whose quantized export keeps ``drop_points`` (:meth:`drop_bound_of`):
