@@ -245,29 +245,47 @@ def _rig(rr, cand, wrong: bool):
     rr.quantized_top1[(cand.mode, cand.indices)] = top1
 
 
-def test_int8_max_accuracy_drop_holds_the_quantized_export():
-    """--max-accuracy-drop at int8: the fastest fp32 schedule within D whose int8 export drops more is passed over
-    for the next fastest whose int8 export keeps D; the bound of a quantized export is its fp32 bound plus the drop
-    quantization adds; the unpruned model is the floor."""
+def test_int8_quantized_bound_adds_the_drop_quantization_adds():
+    """The bound of a quantized export is its fp32 bound plus the paired drop quantization adds (none when the int8
+    file predicts as the fp32 candidate; large when it gets every image wrong); the unpruned model keeps its own."""
+    search, rr, _ = _int8_search()
+    pruned = [c for c in search.candidates if any(c.indices)][:2]
+    _rig(rr, pruned[0], wrong=True)
+    _rig(rr, pruned[1], wrong=False)
+    drops = rr.evaluator.per_image_drop(rr.quantized_top1[(pruned[0].mode, pruned[0].indices)])
+    added = 100 * float((drops - rr.evaluator.per_image_drop(pruned[0].quality.top1)).mean())
+    assert added > 0 and rr.drop_bound_of(pruned[0]) == pytest.approx(search.drop_bound_of(pruned[0]) + added)
+    assert rr.drop_bound_of(pruned[1]) == pytest.approx(search.drop_bound_of(pruned[1]))
+    unpruned = search.evaluate("unpruned", [0] * search.depth)
+    assert rr.drop_bound_of(unpruned) == search.drop_bound_of(unpruned)
+
+
+def test_int8_max_accuracy_drop_holds_the_quantized_export(monkeypatch):
+    """--max-accuracy-drop at int8: the fastest fp32 schedule within D whose int8 export drops more is refused; the
+    candidates with less slack than the drop quantization added to it are passed over unexported; the first
+    faster one with more slack whose int8 export keeps D ships; the unpruned model is the floor."""
     search, rr, artifact = _int8_search()
-    loose = 10.0  # the tiny model is right on 3 of 16 images: an all-wrong export drops 18.75 points
-    fits = sorted((c for c in search.candidates if search.drop_bound_of(c) <= loose and any(c.indices)),
-                  key=lambda c: (c.predicted_ms, -c.top1))
-    assert len(fits) >= 2
-    _rig(rr, fits[0], wrong=True)
-    for c in fits[1:]:
-        _rig(rr, c, wrong=False)
-    assert rr.drop_bound_of(fits[0]) > loose  # every image wrong: far beyond D
-    b1 = rr.drop_bound_of(fits[1])
-    assert b1 >= search.drop_bound_of(fits[1]) - 1e-9
-    assert b1 == pytest.approx(search.drop_bound_of(fits[1]))  # its own fp32 predictions: quantization added nothing
-    pick = rr.fastest_within(loose)
-    assert pick is fits[1] and pick is not search.fastest_within(loose)
-    assert artifact.reranks[-1]["pick"] == [pick.mode, [int(i) for i in pick.indices]]
-    assert [t["candidates"] for t in artifact.reranks[-1]["tried"]] == [list(fits[0].indices), list(fits[1].indices)]
-    for c in fits:
-        _rig(rr, c, wrong=True)
-    assert not any(rr.fastest_within(loose).indices)  # none keeps it: the unpruned floor
+    D = 10.0
+    fits = sorted((c for c in search.candidates if any(c.indices)), key=lambda c: (c.predicted_ms, -c.top1))
+    assert len(fits) >= 3
+    # fp32 bounds rigged (the tiny model's drops are all 0): slack 2, 1 and 8 points for the three fastest
+    bounds = {id(c): 0.0 for c in search.candidates} | {id(fits[0]): 8.0, id(fits[1]): 9.0, id(fits[2]): 2.0}
+    quantized = {id(fits[0]): 12.5, id(fits[2]): 2.0}  # quantization adds 4.5 points to fits[0], nothing to fits[2]
+    exported = []
+
+    def rigged(c, b=None):
+        exported.append(c)
+        return quantized.get(id(c), D + 5.0)
+
+    monkeypatch.setattr(rr, "drop_bounds", lambda: bounds)
+    monkeypatch.setattr(rr, "drop_bound_of", rigged)
+    pick = rr.fastest_within(D)
+    assert pick is fits[2] and exported == [fits[0], fits[2]]  # fits[1]: slack 1 < 4.5, passed over
+    rec = artifact.reranks[-1]
+    assert rec["pick"] == [pick.mode, [int(i) for i in pick.indices]] and rec["passed_over"] == 1
+    assert [t["candidates"] for t in rec["tried"]] == [list(fits[0].indices), list(fits[2].indices)]
+    quantized.clear()  # every export drops more: the unpruned floor
+    assert not any(rr.fastest_within(D).indices)
 
 
 def test_int8_budget_with_max_accuracy_drop_uses_the_quantized_bound():
