@@ -10,10 +10,12 @@ batch is cut to its largest count; the padding behind an image's tokens is maske
 attention as keys (a -inf logit), so the CLS attention and every kept token see exactly the tokens
 the deployed model keeps. Everything else in a block is per token (LayerNorm, MLP), so the logits
 equal the batch-1 ones up to float summation order (tested against :func:`vitedge.evaluate.evaluate_pruned`).
-The tokens entering every block of the unpruned model are computed once, so a schedule whose first
-selector sits at block l only runs blocks l..L-1; states after a schedule's prefix are kept in a
-bounded LRU cache, so schedules that share a prefix share its work, and so is block l's attention part on
-the unpruned tokens (every schedule whose first selector sits at block l runs it before selecting).
+The output of every block of the unpruned model and its CLS scores are computed once: a schedule's first
+selector, at block l, only gathers its kept tokens from block l's unpruned output (the tokens before it are
+the unpruned ones, the MLP is per token), and blocks l+1..L-1 run. After each selector the images are
+re-chunked sorted by kept count, so a chunk pads little. The last block of a class-token model computes
+its prefix tokens only (the head reads nothing else; its selector only counts). States after a schedule's
+prefix are kept in a bounded LRU cache, so schedules that share a prefix share its work.
 """
 from __future__ import annotations
 
@@ -77,12 +79,13 @@ class QualityEvaluator:
         self._results: dict = {}
         self.evaluations = 0
         x = torch.from_numpy(images.images)
-        with torch.no_grad():
+        self._outputs, self._scores = [], []  # per block l of the unpruned model: its (D, N, C) output, (D, P) CLS scores
+        with torch.inference_mode():
             chunks = [self.model.embed(x[s:s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
-            self._inputs = []  # tokens entering block l of the unpruned model, per chunk
             for blk in self.model.vit.blocks:
-                self._inputs.append(chunks)
+                self._scores.append(torch.cat([blk.attention_part(c)[1] for c in chunks]))
                 chunks = [Block.forward(blk, c) for c in chunks]
+                self._outputs.append(torch.cat(chunks))
             logits = torch.cat([self.model.head(c) for c in chunks])
         self._ref_logp = F.log_softmax(logits, dim=-1)
         self.reference_top1 = logits.argmax(-1).numpy()
@@ -143,15 +146,17 @@ class QualityEvaluator:
             logp = self._ref_logp
             kept = np.full((L, len(self)), self.model.num_patches, np.int64)
         else:
-            start, chunks = self._start((mode, values))
-            with torch.no_grad():
+            start, state = self._start((mode, values))
+            with torch.inference_mode():
                 for l in range(start, L):
-                    attn = self._unpruned_attention(l) if chunks[0][1] is None and values[l] is not None else [None] * len(chunks)
-                    chunks = [self._block(l, mode, values[l], c, a) for c, a in zip(chunks, attn)]
+                    state = self._first_cut(l, mode, values[l]) if state is None else self._block(l, mode, values[l], *state)
                     if l + 1 < L:
-                        self._remember((mode, values[:l + 1]), chunks)
-                logp = F.log_softmax(torch.cat([self._head(t, v) for t, v, _ in chunks]), dim=-1)
-            kept = np.concatenate([k for _, _, k in chunks], axis=1)
+                        self._remember((mode, values[:l + 1]), state)
+                chunks, order = state
+                logp = torch.empty_like(self._ref_logp)
+                logp[torch.from_numpy(order)] = F.log_softmax(torch.cat([self._head(t, v) for t, v, _ in chunks]), dim=-1)
+            kept = np.empty((L, len(self)), np.int64)
+            kept[:, order] = np.concatenate([k for _, _, k in chunks], axis=1)
         kl = float((self._ref_logp.exp() * (self._ref_logp - logp)).sum(-1).mean())
         top1 = logp.argmax(-1).numpy()
         q = Quality(agreement=float((top1 == self.reference_top1).mean()), kl=max(kl, 0.0),
@@ -161,8 +166,9 @@ class QualityEvaluator:
         self._results[key] = q
         return q
 
-    def _start(self, key) -> tuple[int, list]:
-        """The latest cached state on this schedule's path: (block to run next, chunks)."""
+    def _start(self, key) -> tuple[int, tuple | None]:
+        """The latest cached state on this schedule's path: (block to run next, (chunks, order)), or
+        (the first selector's block, None) when no state after it is cached."""
         mode, values = key
         first = next((l for l, v in enumerate(values) if v is not None), len(values))
         for l in range(len(values) - 1, first, -1):
@@ -170,57 +176,98 @@ class QualityEvaluator:
             if hit is not None:
                 self._states.move_to_end((mode, values[:l]))
                 return l, hit[0]
-        P = self.model.num_patches
-        return first, [(t, None, np.full((first, t.shape[0]), P, np.int64)) for t in self._inputs[first]]
+        return first, None
 
-    def _remember(self, key, chunks) -> None:
-        size = sum(t.numel() * t.element_size() for t, *_ in chunks)
+    def _remember(self, key, state) -> None:
+        size = sum(t.numel() * t.element_size() for t, *_ in state[0])
         if size > self._cache_bytes or key in self._states:
             return
-        self._states[key] = (chunks, size)
+        self._states[key] = (state, size)
         self._state_bytes += size
         while self._state_bytes > self._cache_bytes:
             _, (_, old) = self._states.popitem(last=False)
             self._state_bytes -= old
 
-    def _unpruned_attention(self, l: int) -> list:
-        """Block l's attention part on the unpruned tokens, per chunk: [(out (B, N, C), scores (B, N - p))].
+    def _keep(self, l: int, mode: str, value, scores: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+        """Block l's selector: (B, P) CLS scores, (B, P) bool live tokens (None: all) -> (B, P) bool kept."""
+        if mode == "threshold":
+            keep = scores >= value
+            if self.model.vit.blocks[l].min_keep and scores.shape[1]:  # heads that pool patch tokens keep the best one
+                best = scores if live is None else scores.masked_fill(~live, float("-inf"))
+                keep |= scores == best.amax(-1, keepdim=True)
+            return keep if live is None else keep & live
+        # the K best live tokens (dead ones score -1, below any attention probability)
+        return rank_by_counting(scores if live is None else scores.masked_fill(~live, -1.0)) < value
 
-        Every schedule whose first selector sits at block l runs it (single cuts at l over the whole grid,
-        in both modes), so it is computed once and kept in the bounded state cache."""
-        key = ("attention", l)
-        hit = self._states.get(key)
-        if hit is not None:
-            self._states.move_to_end(key)
-            return hit[0]
-        blk = self.model.vit.blocks[l]
-        parts = [blk.attention_part(t) for t in self._inputs[l]]
-        self._remember(key, parts)
-        return parts
+    def _first_cut(self, l: int, mode: str, value) -> tuple[list, np.ndarray]:
+        """The state after block l, the schedule's first selector, from the unpruned model: (chunks, order).
 
-    def _block(self, l: int, mode: str, value, chunk, attention=None):
-        """One block on one chunk: (tokens (B, n, C), valid (B, n) bool or None, kept (l, B)) -> the same after block l.
+        Every token's output of block l is the unpruned one (the tokens are the unpruned ones, the MLP is per
+        token), so the kept tokens are gathered from the unpruned block output."""
+        D, P = len(self), self.model.num_patches
+        keep = self._keep(l, mode, value, self._scores[l], None)
+        return self._regroup([self._outputs[l]], [keep], np.arange(D), np.full((l, D), P, np.int64))
 
-        ``attention``: block l's (out, scores) on these tokens when already computed (:meth:`_unpruned_attention`)."""
-        tokens, valid, kept = chunk
+    def _block(self, l: int, mode: str, value, chunks: list, order: np.ndarray) -> tuple[list, np.ndarray]:
+        """Block l on a state after block l - 1: (chunks, order) -> the same after block l.
+
+        chunks: [(tokens (B, n, C), valid (B, n) bool or None = all, kept (l, B) patch tokens leaving blocks < l)];
+        order: (D,) the image of each row of the chunks, in turn. The last block of a model whose head reads its
+        prefix tokens only outputs those (B, p, C)."""
         blk, p = self.model.vit.blocks[l], self.model.num_prefix
-        bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
-        if value is None:  # no selector: timm's own block (fused attention), padding masked as keys
-            out = Block.forward(blk, tokens, attn_mask=bias)
-        else:
-            out, scores = attention if attention is not None else blk.attention_part(tokens, key_bias=bias)
-            live = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid[:, p:]
-            if mode == "threshold":
-                theta = torch.full((scores.shape[0], 1), float(value), dtype=scores.dtype)
-                if blk.min_keep and scores.shape[1]:  # heads that pool patch tokens keep the best one
-                    theta = torch.minimum(theta, scores.masked_fill(~live, float("-inf")).amax(-1, keepdim=True))
-                keep = live & (scores >= theta)
-            else:  # the K best live tokens (dead ones score -1, below any attention probability)
-                keep = rank_by_counting(scores.masked_fill(~live, -1.0)) < value
-            out, valid = _compact(out, torch.cat([torch.ones(keep.shape[0], p, dtype=torch.bool), keep], 1))
-            out = blk.mlp_part(out)
-        n = np.full(out.shape[0], out.shape[1] - p, np.int64) if valid is None else valid[:, p:].sum(1).numpy()
-        return out, valid, np.concatenate([kept, n[None]], axis=0)
+        prefix_head = l == self.model.depth - 1 and self.model.min_patch_tokens == 0
+        out, keeps = [], []
+        for tokens, valid, kept in chunks:
+            bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
+            live = None if valid is None else valid[:, p:]
+            if prefix_head:  # only the prefix tokens reach the head; the selector only counts
+                t, scores = blk.attention_part(tokens, key_bias=bias, queries=p)
+                keep = live if value is None else self._keep(l, mode, value, scores, live)
+                n = np.full(t.shape[0], scores.shape[1], np.int64) if keep is None else keep.sum(1).numpy()
+                out.append((blk.mlp_part(t), None, np.concatenate([kept, n[None]])))
+            elif value is None:  # no selector: timm's own block (fused attention), padding masked as keys
+                t = Block.forward(blk, tokens, attn_mask=bias)
+                n = np.full(t.shape[0], t.shape[1] - p, np.int64) if valid is None else live.sum(1).numpy()
+                out.append((t, valid, np.concatenate([kept, n[None]])))
+            else:
+                t, scores = blk.attention_part(tokens, key_bias=bias)
+                out.append(t)
+                keeps.append(self._keep(l, mode, value, scores, live))
+        if not keeps:
+            return out, order
+        return self._regroup(out, keeps, order, np.concatenate([k for *_, k in chunks], axis=1), blk)
+
+    def _regroup(self, tokens: list, keeps: list, order: np.ndarray, kept: np.ndarray, blk=None) -> tuple[list, np.ndarray]:
+        """After a selector: the kept tokens of every image, re-chunked with the images sorted by kept count.
+
+        Args:
+            tokens: per chunk (B, n, C) tokens after the attention part; keeps: per chunk (B, P') bool kept
+                patch tokens; order: (D,) image of each row; kept: (l, D) patch tokens leaving blocks < l.
+            blk: the block whose MLP part runs on the kept tokens (None: ``tokens`` are block outputs).
+
+        Returns:
+            (chunks, order) as :meth:`_block`: chunks of ``batch_size`` rows, each cut to its largest kept count,
+            so that a chunk pads little.
+        """
+        p, B = self.model.num_prefix, self.batch_size
+        counts = np.concatenate([k.sum(1).numpy() for k in keeps])
+        rows = np.argsort(counts, kind="stable")  # rows of the concatenated chunks, in the new order
+        kept = np.concatenate([kept[:, rows], counts[None, rows]])
+        aligned = len(tokens) > 1 and np.array_equal(rows, np.arange(len(rows)))  # the chunks stay as they are
+        if not aligned:
+            n = max(t.shape[1] for t in tokens)
+            x = torch.cat([F.pad(t, (0, 0, 0, n - t.shape[1])) for t in tokens]) if len(tokens) > 1 else tokens[0]
+            keep = torch.cat([F.pad(k, (0, n - p - k.shape[1])) for k in keeps]) if len(keeps) > 1 else keeps[0]
+        chunks = []
+        for i, s in enumerate(range(0, len(rows), B)):
+            if aligned:
+                x_c, keep_c = tokens[i], keeps[i]
+            else:
+                idx = torch.from_numpy(rows[s:s + B])
+                x_c, keep_c = x.index_select(0, idx), keep.index_select(0, idx)
+            t, valid = _compact(x_c, torch.cat([torch.ones(keep_c.shape[0], p, dtype=torch.bool), keep_c], 1))
+            chunks.append((t if blk is None else blk.mlp_part(t), None if bool(valid.all()) else valid, kept[:, s:s + B]))
+        return chunks, order[rows]
 
     def _head(self, tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """(B, n, C) -> (B, classes); heads that pool patch tokens see each image's own tokens only."""

@@ -31,8 +31,8 @@ class UnsupportedModelError(ValueError):
 class PrunableAttention(Attention):
     """timm ``Attention`` that also returns the CLS row of its attention map."""
 
-    def forward_with_scores(self, x: torch.Tensor, num_prefix: int,
-                            key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_scores(self, x: torch.Tensor, num_prefix: int, key_bias: torch.Tensor | None = None,
+                            queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Explicit attention (same math as timm's non-fused path).
 
         Args:
@@ -41,15 +41,20 @@ class PrunableAttention(Attention):
             key_bias: optional (B, 1, 1, N) added to the attention logits: -inf for a key that is
                 padding, not a token (batched evaluation of pruned models, :mod:`vitedge.quality`);
                 a padded query's output is garbage and must stay unused.
+            queries: q, compute the output of the first q tokens only (q >= 1, every token a key;
+                None: all N). The last block of a class-token model needs its prefix tokens only.
 
         Returns:
-            out: (B, N, C) the MSA output (after ``proj``/``proj_drop``).
+            out: (B, q, C) the MSA output (after ``proj``/``proj_drop``), q = N when ``queries`` is None.
             scores: (B, N - p) CLS-attention score per patch token, mean over heads.
         """
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        if queries is not None:
+            q, N = q[:, :, :queries], queries
+            gate = gate[:, :queries] if gate is not None else None
         q, k = self.q_norm(q), self.k_norm(k)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         if key_bias is not None:
@@ -74,16 +79,17 @@ class PrunableBlock(Block):
     min_keep: int = 0  # patch tokens a selector always keeps (1 when the head pools patch tokens)
 
     def attention_part(self, x: torch.Tensor, fisher_mask: torch.Tensor | None = None,
-                       key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       key_bias: torch.Tensor | None = None, queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """MSA with residual: (B, N, C) -> (B, N, C), plus (B, N - p) CLS scores.
 
         ``fisher_mask`` (B, N, 1) of ones, when given, multiplies the MSA output (RCTP eq. (4)).
-        ``key_bias`` (B, 1, 1, N): see :meth:`PrunableAttention.forward_with_scores`.
+        ``key_bias`` (B, 1, 1, N), ``queries`` q (output (B, q, C): the first q tokens only): see
+        :meth:`PrunableAttention.forward_with_scores`.
         """
-        a, scores = self.attn.forward_with_scores(self.norm1(x), self.num_prefix, key_bias)
+        a, scores = self.attn.forward_with_scores(self.norm1(x), self.num_prefix, key_bias, queries)
         if fisher_mask is not None:
             a = a * fisher_mask
-        return x + self.drop_path1(self.ls1(a)), scores
+        return (x if queries is None else x[:, :queries]) + self.drop_path1(self.ls1(a)), scores
 
     def mlp_part(self, x: torch.Tensor) -> torch.Tensor:
         """MLP with residual: (B, n, C) -> (B, n, C)."""
