@@ -61,6 +61,28 @@ def test_batched_quality_equals_batch1_forward(key, depth):
     assert model.thresholds == [None] * depth and model.capacities == [None] * depth  # configuration untouched
 
 
+@pytest.mark.parametrize("key", ["plain", "avg_pool"])
+def test_single_cuts_share_images_across_values_and_modes(key):
+    """Single cuts at one block over many thresholds, then capacities (an image whose count another cut gave
+    reuses that cut's result, in either mode): each equals the deployed forward and a fresh evaluator."""
+    vit, _ = make_config(key, depth=3)
+    model = PrunableViT(vit)
+    ims = image_set()
+    ev = QualityEvaluator(model, ims, batch_size=10)
+    ref = evaluate_pruned(model, ims).top1
+    schedules = [("threshold", [None, t, None]) for t in thresholds_from_scores(model, ims, [None, 0.5, None])[1:2]]
+    schedules += [("threshold", [None, float(t), None]) for t in np.linspace(0.0, 0.1, 6)]
+    schedules += [("capacity", [None, k, k]) for k in (1, 3, 8, 12, 15)]
+    for mode, values in schedules:
+        q = ev.evaluate(mode, values)
+        args = {"capacities": values} if mode == "capacity" else {"thresholds": values}
+        e = evaluate_pruned(model, ims, reference_top1=ref, **args)
+        assert np.array_equal(q.kept, e.kept) and np.array_equal(q.top1, e.top1), (mode, values)
+        fresh = QualityEvaluator(model, ims, batch_size=10).evaluate(mode, values)
+        assert q.kl == pytest.approx(fresh.kl, rel=1e-5, abs=1e-7) and np.array_equal(q.top1, fresh.top1)
+    assert len(ev._tails) < len(ims) * len(schedules)  # something was shared
+
+
 def test_prefix_cache_is_bounded_and_does_not_change_results():
     vit, _ = make_config("plain", depth=3)
     model = PrunableViT(vit)

@@ -15,7 +15,10 @@ selector, at block l, only gathers its kept tokens from block l's unpruned outpu
 the unpruned ones, the MLP is per token), and blocks l+1..L-1 run. After each selector the images are
 re-chunked sorted by kept count, so a chunk pads little. The last block of a class-token model computes
 its prefix tokens only (the head reads nothing else; its selector only counts). States after a schedule's
-prefix are kept in a bounded LRU cache, so schedules that share a prefix share its work.
+prefix are kept in a bounded LRU cache, so schedules that share a prefix share its work. After a
+schedule's last selector an image's result depends only on its kept counts so far (equal counts are
+equal token sets), so its KL and top-1 are kept by (image, counts) and reused by any schedule, in either
+mode, that gives the image the same counts.
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ class QualityEvaluator:
         self._states: OrderedDict = OrderedDict()  # prefix -> (chunks, bytes), least recently used first
         self._state_bytes = 0
         self._results: dict = {}
+        self._tails: dict = {}  # (image, kept counts up to a schedule's last selector) -> (KL nats, top-1)
         self.evaluations = 0
         x = torch.from_numpy(images.images)
         self._outputs, self._scores = [], []  # per block l of the unpruned model: its (D, N, C) output, (D, P) CLS scores
@@ -143,23 +147,21 @@ class QualityEvaluator:
             runs = capacity_selectors(values, self.model.num_patches)
             values = tuple(v if r else None for v, r in zip(values, runs))
         if all(v is None for v in values):  # nothing pruned: the unpruned model
-            logp = self._ref_logp
+            kl_img, top1 = torch.zeros(len(self)), self.reference_top1.copy()
             kept = np.full((L, len(self)), self.model.num_patches, np.int64)
         else:
+            last = max(l for l, v in enumerate(values) if v is not None)  # no selector after it
             start, state = self._start((mode, values))
             with torch.inference_mode():
-                for l in range(start, L):
+                for l in range(start, last + 1):
                     state = self._first_cut(l, mode, values[l]) if state is None else self._block(l, mode, values[l], *state)
                     if l + 1 < L:
                         self._remember((mode, values[:l + 1]), state)
-                chunks, order = state
-                logp = torch.empty_like(self._ref_logp)
-                logp[torch.from_numpy(order)] = F.log_softmax(torch.cat([self._head(t, v) for t, v, _ in chunks]), dim=-1)
-            kept = np.empty((L, len(self)), np.int64)
-            kept[:, order] = np.concatenate([k for _, _, k in chunks], axis=1)
-        kl = float((self._ref_logp.exp() * (self._ref_logp - logp)).sum(-1).mean())
-        top1 = logp.argmax(-1).numpy()
-        q = Quality(agreement=float((top1 == self.reference_top1).mean()), kl=max(kl, 0.0),
+                rows = self._tail(mode, max(start, last + 1), last, *state)
+            order = state[1]
+            kl_img, top1, kept = torch.empty(len(self)), np.empty(len(self), np.int64), np.empty((L, len(self)), np.int64)
+            kl_img[torch.from_numpy(order)], top1[order], kept[:, order] = rows
+        q = Quality(agreement=float((top1 == self.reference_top1).mean()), kl=max(float(kl_img.mean()), 0.0),
                     accuracy=None if self.labels is None else float((top1 == self.labels).mean()),
                     kept=kept, top1=top1)
         self.evaluations += 1
@@ -237,13 +239,48 @@ class QualityEvaluator:
             return out, order
         return self._regroup(out, keeps, order, np.concatenate([k for *_, k in chunks], axis=1), blk)
 
-    def _regroup(self, tokens: list, keeps: list, order: np.ndarray, kept: np.ndarray, blk=None) -> tuple[list, np.ndarray]:
+    def _tail(self, mode: str, l0: int, last: int, chunks: list, order: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Blocks l0..L-1, none with a selector (the last one is at block ``last`` < l0), and the head, on a state
+        after block l0 - 1: (KL (D,) nats, top-1 (D,), kept (L, D)), per row of the state (images ``order``).
+
+        An image's tokens after block ``last`` are fixed by the image and its kept counts up to there (a
+        selector keeps the tokens scoring highest, in either mode, so equal counts are equal token sets), so
+        its KL and top-1 are kept by (image, counts) and the blocks run only for images not seen so far
+        (a single cut at block l, e.g., shares every image whose count another cut at l, in either mode, gave)."""
+        L, p = self.model.depth, self.model.num_prefix
+        kept = np.concatenate([k for *_, k in chunks], axis=1)
+        kept = np.concatenate([kept, np.repeat(kept[last:last + 1], L - l0, axis=0)])
+        if l0 == L:
+            return *self._outcome(chunks, order), kept
+        keys = [(int(i), *kept[:last + 1, r].tolist()) for r, i in enumerate(order)]
+        miss = [r for r, k in enumerate(keys) if k not in self._tails]
+        if miss:
+            state = (chunks, order)
+            if len(miss) < len(keys):
+                live = [torch.ones(t.shape[0], t.shape[1] - p, dtype=torch.bool) if v is None else v[:, p:] for t, v, _ in chunks]
+                state = self._regroup([t for t, *_ in chunks], live, order, kept[:l0 - 1], rows=np.array(miss))
+            for l in range(l0, L):
+                state = self._block(l, mode, None, *state)
+            self._tails.update((keys[r], (kl, t)) for r, kl, t in zip(miss, *(a.tolist() for a in self._outcome(*state))))
+        return torch.tensor([self._tails[k][0] for k in keys]), np.array([self._tails[k][1] for k in keys], np.int64), kept
+
+    def _outcome(self, chunks: list, order: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The head on the chunks of a state after the last block: KL(unpruned || pruned) (R,) nats and top-1 (R,)
+        per row (images ``order``)."""
+        logp = F.log_softmax(torch.cat([self._head(t, v) for t, v, _ in chunks]), dim=-1)
+        ref = self._ref_logp[torch.from_numpy(order)]
+        return (ref.exp() * (ref - logp)).sum(-1), logp.argmax(-1).numpy()
+
+    def _regroup(self, tokens: list, keeps: list, order: np.ndarray, kept: np.ndarray, blk=None,
+                 rows: np.ndarray | None = None) -> tuple[list, np.ndarray]:
         """After a selector: the kept tokens of every image, re-chunked with the images sorted by kept count.
 
         Args:
             tokens: per chunk (B, n, C) tokens after the attention part; keeps: per chunk (B, P') bool kept
                 patch tokens; order: (D,) image of each row; kept: (l, D) patch tokens leaving blocks < l.
             blk: the block whose MLP part runs on the kept tokens (None: ``tokens`` are block outputs).
+            rows: (R,) the rows (of the concatenated chunks) to keep, in this order (None: every row, sorted
+                by kept count).
 
         Returns:
             (chunks, order) as :meth:`_block`: chunks of ``batch_size`` rows, each cut to its largest kept count,
@@ -251,9 +288,10 @@ class QualityEvaluator:
         """
         p, B = self.model.num_prefix, self.batch_size
         counts = np.concatenate([k.sum(1).numpy() for k in keeps])
-        rows = np.argsort(counts, kind="stable")  # rows of the concatenated chunks, in the new order
+        if rows is None:
+            rows = np.argsort(counts, kind="stable")  # rows of the concatenated chunks, in the new order
         kept = np.concatenate([kept[:, rows], counts[None, rows]])
-        aligned = len(tokens) > 1 and np.array_equal(rows, np.arange(len(rows)))  # the chunks stay as they are
+        aligned = len(tokens) > 1 and np.array_equal(rows, np.arange(len(counts)))  # the chunks stay as they are
         if not aligned:
             n = max(t.shape[1] for t in tokens)
             x = torch.cat([F.pad(t, (0, 0, 0, n - t.shape[1])) for t in tokens]) if len(tokens) > 1 else tokens[0]
@@ -284,7 +322,7 @@ def _compact(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
     Returns:
         (B, n, C) tokens and (B, n) bool validity, n = max kept count. Sort-free: destinations by
-        cumulative sums, inverted with a scatter.
+        cumulative sums, inverted with a scatter; one gather of rows (index_select).
     """
     B, N = keep.shape
     k = keep.long()
@@ -292,5 +330,5 @@ def _compact(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.T
     dest = torch.where(keep, k.cumsum(1) - 1, count + (1 - k).cumsum(1) - 1)
     src = torch.empty_like(dest).scatter_(1, dest, torch.arange(N).expand(B, N).contiguous())
     n = int(count.max())
-    idx = src[:, :n]
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(B, n, x.shape[-1])), torch.arange(n)[None] < count
+    rows = (src[:, :n] + N * torch.arange(B)[:, None]).reshape(-1)  # into the (B * N, C) rows of x
+    return x.reshape(B * N, -1).index_select(0, rows).view(B, n, -1), torch.arange(n)[None] < count
