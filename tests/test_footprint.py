@@ -48,7 +48,9 @@ def test_memory_status_and_peak_reset():
     if not R.reset_peak_memory():
         pytest.skip("/proc/self/clear_refs is not writable here")
     after = R.memory_status()
-    assert after["peak_rss_mib"] < before["rss_mib"] + 60   # the 64 MiB peak is forgotten
+    # the 64 MiB peak is forgotten: the peak is back near the current RSS (not before's: other threads of a long test
+    # run may hold more by now)
+    assert after["peak_rss_mib"] < after["rss_mib"] + 60
 
 
 def test_measure_file_reports_the_footprint(models):

@@ -103,3 +103,18 @@ def test_profile_measures_the_reference(tmp_path):
     assert t.in_graph["tokens"] == [6, N] and (tmp_path / f"{IN_GRAPH}.onnx").is_file()
     assert all(len(s) >= 3 * IN_GRAPH_REPEATS for s in t.in_graph["samples_ms"])  # min_runs 3, repeated
     assert all(np.isfinite(t.in_graph["median_ms"])) and t.in_graph_fit()["beta"] > 0
+
+
+@pytest.mark.parametrize("beta", [0.2, 3.0])
+def test_an_implausible_slope_falls_back_to_the_ratio(beta):
+    """A slope outside IN_GRAPH_SLOPE (noise between the two reference points on a loaded machine) is not believed:
+    0.2 would make every pruned schedule cost about as much as the unpruned one."""
+    from vitedge.tables.latency import IN_GRAPH_SLOPE
+
+    assert not IN_GRAPH_SLOPE[0] <= beta <= IN_GRAPH_SLOPE[1]
+    t = with_reference(beta, 0.8)
+    fit = t.in_graph_fit()
+    x = np.array([att(n) + mlp(n) for n in (6, N)])
+    assert fit["fit"] == "ratio" and fit["gamma"] == 0.0
+    assert fit["beta"] == pytest.approx((beta * x.sum() + 2 * 0.8) / x.sum())
+    assert with_reference(1.4, 0.8).in_graph_fit()["fit"] == "line"  # a plausible one is

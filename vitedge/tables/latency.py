@@ -48,6 +48,7 @@ SELECTOR_PART = {"threshold": "selector", "capacity": "capacity_selector"}
 FIXED = ("embed", "head", "run_overhead")
 IN_GRAPH = "blocks"   # the in-graph reference: all blocks and the head in one graph, timed at two token counts
 IN_GRAPH_REPEATS = 3  # times each in-graph point is timed (shuffled into the profile; the median of their medians)
+IN_GRAPH_SLOPE = (0.5, 2.0)  # in-graph ms per part-alone ms a fitted line may have (measured: 0.93-1.49); else the ratio
 SHAPE_KEYS = ("dim", "num_heads", "mlp_ratio", "depth", "num_tokens", "num_prefix", "input_size")
 
 
@@ -131,9 +132,10 @@ class LatencyTable:
         With y_i = (blocks(n_i) - o - head) / depth the in-graph time of one block at n_i tokens and
         x_i = att(n_i) + mlp(n_i) - 2o the parts timed alone: the line y = beta * x + gamma through the points
         (gamma, ms per block, is what a block costs inside the model whatever its token count, e.g. its weights
-        streamed from memory where a part timed alone finds them in cache). A line that is not a slope > 0 and an
-        intercept >= 0 (noise between two points on a loaded machine) falls back to the ratio through the origin,
-        beta = sum y / sum x, gamma = 0.
+        streamed from memory where a part timed alone finds them in cache). A line whose slope is outside
+        :data:`IN_GRAPH_SLOPE` or whose intercept is < 0 (noise between two points on a loaded machine: a slope of
+        0.2 would say the token count barely matters inside the model, and make every pruned schedule look as slow
+        as the unpruned one) falls back to the ratio through the origin, beta = sum y / sum x, gamma = 0.
 
         Returns:
             {"beta": float, "gamma": ms per block, "tokens": [n_i], "ratio": [y_i / x_i], "fit": "line" | "ratio" |
@@ -149,7 +151,7 @@ class LatencyTable:
                "tokens": ns.tolist(), "ratio": (y / np.maximum(x, 1e-12)).round(4).tolist(), "fit": "ratio"}
         if len(ns) >= 2 and np.ptp(x) > 0:
             slope, icpt = np.polyfit(x, y, 1)
-            if np.isfinite(slope) and slope > 0 and icpt >= 0:
+            if np.isfinite(slope) and IN_GRAPH_SLOPE[0] <= slope <= IN_GRAPH_SLOPE[1] and icpt >= 0:
                 out.update(beta=float(slope), gamma=float(icpt), fit="line")
         return out
 
