@@ -105,16 +105,28 @@ def test_profile_measures_the_reference(tmp_path):
     assert all(np.isfinite(t.in_graph["median_ms"])) and t.in_graph_fit()["beta"] > 0
 
 
-@pytest.mark.parametrize("beta", [0.2, 3.0])
-def test_an_implausible_slope_falls_back_to_the_ratio(beta):
+@pytest.mark.parametrize("beta, gamma", [(0.2, 0.8), (2.5, -0.5)])
+def test_an_implausible_slope_falls_back_to_the_ratio(beta, gamma):
     """A slope outside IN_GRAPH_SLOPE (noise between the two reference points on a loaded machine) is not believed:
     0.2 would make every pruned schedule cost about as much as the unpruned one."""
     from vitedge.tables.latency import IN_GRAPH_SLOPE
 
     assert not IN_GRAPH_SLOPE[0] <= beta <= IN_GRAPH_SLOPE[1]
-    t = with_reference(beta, 0.8)
+    t = with_reference(beta, gamma)
     fit = t.in_graph_fit()
     x = np.array([att(n) + mlp(n) for n in (6, N)])
     assert fit["fit"] == "ratio" and fit["gamma"] == 0.0
-    assert fit["beta"] == pytest.approx((beta * x.sum() + 2 * 0.8) / x.sum())
+    assert fit["beta"] == pytest.approx((beta * x.sum() + 2 * gamma) / x.sum())
     assert with_reference(1.4, 0.8).in_graph_fit()["fit"] == "line"  # a plausible one is
+
+
+def test_an_implausible_reference_is_ignored():
+    """A reference whose ratio to the parts is outside IN_GRAPH_SLOPE as well (a stall while the N-token point was
+    timed: here 6x) is a failed measurement: no correction, the parts as timed alone."""
+    t = with_reference(1.0, 0.0)
+    t.in_graph = {**t.in_graph, "median_ms": [t.in_graph["median_ms"][0], 6 * t.in_graph["median_ms"][1]]}
+    fit = t.in_graph_fit()
+    assert fit["fit"] == "ignored" and fit["beta"] == 1.0 and fit["gamma"] == 0.0
+    kept = np.array([10, 10, 4])
+    raw = dataclasses.replace(t, in_graph={})
+    assert float(t.predict_ms(kept)) == pytest.approx(float(raw.predict_ms(kept)))

@@ -135,11 +135,14 @@ class LatencyTable:
         streamed from memory where a part timed alone finds them in cache). A line whose slope is outside
         :data:`IN_GRAPH_SLOPE` or whose intercept is < 0 (noise between two points on a loaded machine: a slope of
         0.2 would say the token count barely matters inside the model, and make every pruned schedule look as slow
-        as the unpruned one) falls back to the ratio through the origin, beta = sum y / sum x, gamma = 0.
+        as the unpruned one) falls back to the ratio through the origin, beta = sum y / sum x, gamma = 0. A ratio
+        outside :data:`IN_GRAPH_SLOPE` too is a failed reference (e.g. one point timed during a stall: a fresh-clone
+        test run measured the blocks at N tokens 6.7x their parts, which made every schedule 4.7x too slow): it is
+        ignored (beta 1, gamma 0, fit "ignored"), and the closed loop's measured bias corrects the table.
 
         Returns:
             {"beta": float, "gamma": ms per block, "tokens": [n_i], "ratio": [y_i / x_i], "fit": "line" | "ratio" |
-            "none"}; beta 1, gamma 0 when the table has no in-graph reference.
+            "ignored" | "none"}; beta 1, gamma 0 when the table has no in-graph reference or an implausible one.
         """
         if not self.in_graph:
             return {"beta": 1.0, "gamma": 0.0, "tokens": [], "ratio": [], "fit": "none"}
@@ -153,6 +156,8 @@ class LatencyTable:
             slope, icpt = np.polyfit(x, y, 1)
             if np.isfinite(slope) and IN_GRAPH_SLOPE[0] <= slope <= IN_GRAPH_SLOPE[1] and icpt >= 0:
                 out.update(beta=float(slope), gamma=float(icpt), fit="line")
+        if out["fit"] == "ratio" and not IN_GRAPH_SLOPE[0] <= out["beta"] <= IN_GRAPH_SLOPE[1]:
+            out.update(beta=1.0, fit="ignored")
         return out
 
     def fixed_ms(self, name: str) -> float:
