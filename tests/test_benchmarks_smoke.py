@@ -45,6 +45,7 @@ CASES = {
                         ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
     "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
     "selection_rule": (["--quick"], ["selection_rule.json", "selection_rule.md", "selection_rule.png"]),
+    "threshold_criteria": (["--quick"], ["threshold_criteria.json", "threshold_criteria.md", "threshold_criteria.png"]),
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
     "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
     "table_error": (["--quick"], ["table_error.json", "table_error.md", "table_error.png"]),
@@ -213,6 +214,13 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
             if r["vitedge kl"] and r["vitedge top1"]:  # each ranking's pick is its own best on calibration
                 assert r["vitedge kl"]["calib_kl"] <= r["vitedge top1"]["calib_kl"] or r["vitedge top1"]["family"] == "refined"
         assert set(m["mean_test_top1"]) == {"vitedge kl", "vitedge top1", "pomt", "constant"}
+    if script == "threshold_criteria":
+        for m in results[0]["models"]:
+            assert [(r["site"], r["target_kept"]) for r in m["rows"]] == [(0, 20), (0, 45), (1, 20), (1, 45)]
+            for r in m["rows"]:  # top-K keeps exactly K; every criterion was set to the target mean on calibration
+                assert r["top-K"]["calib_mean_kept"] == r["top-K"]["test_mean_kept"] == r["target_kept"]
+                for c in ("threshold", "normalised threshold", "attention mass"):
+                    assert abs(r[c]["calib_mean_kept"] - r["target_kept"]) <= 1.0 and 0 <= r[c]["test_top1"] <= 1
     if script == "precision":
         rows = results[0]["runs"][0]["rows"]
         assert {"unpruned fp32", "unpruned int8 dynamic", "pruned fp32", "pruned int8 dynamic", "pruned int8 static"} <= set(rows)
