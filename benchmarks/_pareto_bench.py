@@ -36,10 +36,11 @@ class Cand:
     thresholds: list | None = None
     capacities: list | None = None
     info: dict = field(default_factory=dict)
+    token_score: str = "cls-attention"  # the baselines' (RCTP, POMT) score; vitedge's schedules carry theirs
 
     @property
     def key(self) -> tuple:
-        return (self.mode, tuple(self.thresholds or ()), tuple(self.capacities or ()))
+        return (self.mode, tuple(self.thresholds or ()), tuple(self.capacities or ()), self.token_score)
 
     @property
     def selectors(self) -> list[bool]:
@@ -48,6 +49,7 @@ class Cand:
                 for l in range(L)]
 
     def apply(self, model) -> None:
+        model.token_score = self.token_score
         if self.mode == "capacity":
             model.set_capacities(self.capacities)
         else:
@@ -58,7 +60,8 @@ def from_schedule(method: str, param: float, s) -> Cand:
     return Cand(method, float(param), s.mode, list(s.thresholds) if s.mode == "threshold" else None,
                 list(s.capacities) if s.mode == "capacity" else None,
                 {"budget": float(param), "unit": s.unit, "search_predicted": s.predicted, "fisher_loss": s.fisher_loss,
-                 "candidates": list(s.candidates), "predicted_kept": list(s.predicted_kept)})
+                 "candidates": list(s.candidates), "predicted_kept": list(s.predicted_kept)},
+                s.meta.get("token_score") or "cls-attention")
 
 
 def topk_cand(P: int, L: int, r: float) -> Cand:
@@ -209,6 +212,7 @@ class RuntimeBench:
         if a is not None:
             return a
         model = self.ctx.model
+        score = model.token_score  # restored after the export (a sweep may be scoring as vitedge does)
         path = self.work / f"{self.runtime}_{len(self.artifacts):03d}_{cand.method}{self.art.suffix}"
         t0 = time.time()
         try:
@@ -219,6 +223,7 @@ class RuntimeBench:
                 self.art.export(model, path)
         finally:
             model.set_thresholds([None] * model.depth)
+            model.token_score = score
         export_s = time.time() - t0
         a = {"path": path, "name": path.stem, "export_s": export_s, **self.evaluate(path)}
         a["selectors"] = cand.selectors if cand.mode != "unpruned" else [False] * model.depth

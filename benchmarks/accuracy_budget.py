@@ -52,8 +52,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def baselines(ctx: Context, cal, table, work: Path, test_ev: QualityEvaluator, calib_ev: QualityEvaluator, args) -> dict:
-    """Export and measure every member of the baseline families; accuracy from the batched evaluator."""
+def baselines(ctx: Context, table, work: Path, test, args) -> dict:
+    """Export and measure every member of the baseline families, their tokens scored by CLS attention as in their
+    papers (RCTP, POMT); accuracy from the batched evaluator."""
+    with ctx.model.pruning(token_score="cls-attention"):
+        return _baselines(ctx, ctx.calibration(), table, work, QualityEvaluator(ctx.model, test),
+                          QualityEvaluator(ctx.model, ctx.images), args)
+
+
+def _baselines(ctx: Context, cal, table, work: Path, test_ev: QualityEvaluator, calib_ev: QualityEvaluator, args) -> dict:
     model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
     p = model.num_prefix
     ks = sorted({n - p for n in table.measured_tokens if 1 <= n - p < P})[::args.k_step]
@@ -102,13 +109,13 @@ def run_config(name: str, args, work: Path, test) -> dict:
                    cache_dir=str(work / "cache"), calib_limit=args.calib_limit)
     ctx = Context(opts, log=lambda m: None)
     model = ctx.model
-    cal, table = ctx.calibration(), ctx.latency_table()
+    table = ctx.latency_table()
     test_ev, calib_ev = QualityEvaluator(model, test), QualityEvaluator(model, ctx.images)
     art = get_exporter(fmt)
     art.export(model, work / f"unpruned{art.suffix}", pruned=False)
     unpruned = ctx.device.measure_model(work / f"unpruned{art.suffix}", ctx.feeds(), name="unpruned")["median_ms"]
     log(f"{name}: unpruned {unpruned:.3f} ms, test top-1 {100 * test_ev.unpruned_accuracy:.1f} %")
-    rows = baselines(ctx, cal, table, work / name, test_ev, calib_ev, args) if not args.no_baselines else []
+    rows = baselines(ctx, table, work / name, test, args) if not args.no_baselines else []
     runs = []
 
     def export(objective: str, budget: float | None, drop: float | None, tag: str) -> dict:
@@ -184,7 +191,9 @@ def markdown(data: dict) -> str:
              f"load average at the end {env['load_average_1_5_15min']}. Model: {data['model']}. Test: digits test split "
              f"({data['test_images']} images, held out). Each cell: test top-1 % (measured median ms). vitedge and Fisher are "
              "`vitedge export` runs (closed loop); baselines are the member with the best calibration accuracy whose "
-             "measured median fits the budget (POMT's rule). Measured on a shared 2-core machine: latencies are noisy.", ""]
+             "measured median fits the budget (POMT's rule). Token scores: vitedge's default (`--token-score significance`, "
+             "both objectives); the baselines score by CLS attention, as in their papers. Measured on a shared 2-core "
+             "machine: latencies are noisy.", ""]
     for c in data["configs"]:
         lines += [f"## {c['config']}: unpruned {c['unpruned_ms']:.3f} ms, test top-1 {100 * c['unpruned_test_accuracy']:.1f} % "
                   f"(calibration {100 * c['unpruned_calib_accuracy']:.1f} % on {c['calibration_images']} images)", ""]

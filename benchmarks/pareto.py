@@ -124,7 +124,9 @@ def run_eager(model, ctx: Context, test, ref_top1, args, P: int, L: int, topk_rs
 def run_reference(args, work: Path) -> dict:
     torch.manual_seed(args.seed)
     test = reference_test(args)
-    ctx = make_ctx(args, work, format="onnx", calib_limit=args.calib_limit, tokens_step=args.tokens_step)
+    # the baselines score tokens as their papers do (CLS attention); vitedge's sweeps switch to its default score
+    ctx = make_ctx(args, work, format="onnx", calib_limit=args.calib_limit, tokens_step=args.tokens_step,
+                   token_score="cls-attention")
     model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
     log(f"reference model {model.model_name} ({'trained weights' if args.checkpoint is None else args.checkpoint}), "
         f"test {test.name}: {len(test)} images; calibration {ctx.images.name}: {len(ctx.images)} images")
@@ -159,7 +161,7 @@ def run_reference(args, work: Path) -> dict:
     for runtime in args.runtimes:
         t_rt = time.time()
         rctx = ctx if runtime == "onnxruntime" else make_ctx(args, work, format="tflite", mode="capacity", calib_limit=args.calib_limit,
-                                                                 tokens_step=args.tokens_step)
+                                                                 tokens_step=args.tokens_step, token_score="cls-attention")
         table = rctx.latency_table()
         rdir = work / runtime
         rdir.mkdir(exist_ok=True)
@@ -177,12 +179,17 @@ def run_reference(args, work: Path) -> dict:
             bench.sweep("rctp_flops", viterbi_maker("rctp_flops", fl), viterbi_params(fl, args.points), target, args.refine, table)
             lt = Planner(cal, "latency", table, mode="threshold", min_patch_tokens=model.min_patch_tokens)
             bench.sweep("fisher_threshold", viterbi_maker("fisher_threshold", lt), viterbi_params(lt, args.points), target, args.refine, table)
-            mt = MeasuredSearch(lt, QualityEvaluator(model, ctx.images))
-            bench.sweep("vitedge_threshold", viterbi_maker("vitedge_threshold", mt), measured_params(mt, args.points), target, args.refine, table)
         lc = Planner(cal, "latency", table, mode="capacity", min_patch_tokens=model.min_patch_tokens)
         bench.sweep("fisher_capacity", viterbi_maker("fisher_capacity", lc), viterbi_params(lc, args.points), target, args.refine, table)
-        mc = MeasuredSearch(lc, QualityEvaluator(model, rctx.images))
-        bench.sweep("vitedge_capacity", viterbi_maker("vitedge_capacity", mc), measured_params(mc, args.points), target, args.refine, table)
+        with model.pruning(token_score=args.token_score), rctx.model.pruning(token_score=args.token_score):
+            cal_v = ctx.calibration()  # scored as vitedge scores (its default: significance)
+            if runtime == "onnxruntime":
+                mt = MeasuredSearch(Planner(cal_v, "latency", table, mode="threshold", min_patch_tokens=model.min_patch_tokens),
+                                    QualityEvaluator(model, ctx.images))
+                bench.sweep("vitedge_threshold", viterbi_maker("vitedge_threshold", mt), measured_params(mt, args.points), target, args.refine, table)
+            mc = MeasuredSearch(Planner(cal_v, "latency", table, mode="capacity", min_patch_tokens=model.min_patch_tokens),
+                                QualityEvaluator(model, rctx.images))
+            bench.sweep("vitedge_capacity", viterbi_maker("vitedge_capacity", mc), measured_params(mc, args.points), target, args.refine, table)
         grid = pomt.grid(table)
         edges, bands = pomt_params(grid, args.points)
         bench.sweep("pomt", pomt.maker(grid, edges, L), bands, target, args.refine, table)
@@ -389,6 +396,8 @@ def main(argv=None) -> None:
                         "and that section of an existing pareto.json replaced")
     p.add_argument("--eager-threads", type=int, default=0, help="PyTorch eager threads (0: the device's, as ONNX Runtime)")
     p.add_argument("--no-ablation", action="store_true", help="skip the RCTP importance ablation")
+    p.add_argument("--token-score", choices=["significance", "cls-attention"], default="significance",
+                   help="vitedge's token score (the baselines keep their papers' CLS attention)")
     p.add_argument("--large", action=argparse.BooleanOptionalAction, default=None, help="larger models, latency only (default: on; off with --quick)")
     p.add_argument("--large-models", nargs="+", default=LARGE_MODELS)
     p.add_argument("--large-calib-limit", type=int, default=16)

@@ -109,7 +109,8 @@ class SingleCut:
 
 
 def run_model(name: str, ckpt, args, cache: Path) -> dict:
-    ctx = Context(Options(checkpoint=ckpt, threads=args.threads, progress=False, cache_dir=str(cache)), log=lambda m: None)
+    ctx = Context(Options(checkpoint=ckpt, threads=args.threads, progress=False, cache_dir=str(cache),
+                          token_score="cls-attention"), log=lambda m: None)  # RCTP's thresholds are on CLS attention
     model = ctx.model.eval()
     calib, test = digits_split("calib"), digits_split("test")
     if args.calib_limit:

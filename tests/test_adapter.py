@@ -11,7 +11,7 @@ from timm.models.vision_transformer import Block, ResPostBlock
 
 from conftest import CLASSES, NUM_PATCHES, make_config, make_tiny_vit
 from vitedge.models.adapter import PrunableAttention, PrunableBlock, PrunableViT, UnsupportedModelError
-from vitedge.models.pruning import cls_attention_scores, gather_tokens, threshold_keep_indices
+from vitedge.models.pruning import cls_attention_scores, gather_tokens, significance_scores, threshold_keep_indices
 
 ATOL = 1e-5
 
@@ -313,6 +313,63 @@ def test_cls_attention_scores_hand_made():
     np.testing.assert_allclose(s2.numpy(), [[0.5]], atol=1e-7)
     batch = torch.stack([attn[0], attn[0].flip(0)])
     np.testing.assert_allclose(cls_attention_scores(batch, 1).numpy(), [[0.2, 0.5], [0.2, 0.5]], atol=1e-7)
+
+
+def test_significance_scores_hand_made():
+    # (B=1, H=2, N=3, N=3) attention, (B=1, H=2, N=3, d=2) values; ATS token scoring: sum_h A_h[0, j] ||V_h[j]||, normalised
+    attn = torch.zeros(1, 2, 3, 3)
+    attn[0, 0, 0] = torch.tensor([0.5, 0.3, 0.2])
+    attn[0, 1, 0] = torch.tensor([0.1, 0.1, 0.8])
+    attn[0, :, 1:] = 7.0                                   # other query rows are ignored
+    v = torch.zeros(1, 2, 3, 2)
+    v[0, 0] = torch.tensor([[9.0, 9.0], [3.0, 4.0], [0.0, 1.0]])   # norms (CLS ignored), 5, 1
+    v[0, 1] = torch.tensor([[9.0, 9.0], [0.0, 2.0], [0.0, 0.5]])   # norms (CLS ignored), 2, 0.5
+    w = np.array([0.3 * 5 + 0.1 * 2, 0.2 * 1 + 0.8 * 0.5])          # 1.7, 0.6
+    s = significance_scores(attn, v, 1)
+    assert s.shape == (1, 2)
+    np.testing.assert_allclose(s.numpy(), [w / w.sum()], atol=1e-7)
+    np.testing.assert_allclose(significance_scores(attn, v, 2).numpy(), [[1.0]], atol=1e-7)  # one patch token
+    # equal value norms: the ranking (and the normalised score) of the head-averaged CLS attention
+    ones = torch.ones(1, 2, 3, 2)
+    c = cls_attention_scores(attn, 1)
+    np.testing.assert_allclose(significance_scores(attn, ones, 1).numpy(), (c / c.sum(-1, keepdim=True)).numpy(), atol=1e-7)
+
+
+def test_token_score_setting_drives_the_scores_and_is_restored(tiny_prunable, images):
+    pm = tiny_prunable
+    assert pm.token_score == "cls-attention"                # the library default: RCTP's score
+    with torch.no_grad():
+        cls = pm.forward_with_info(images, want_scores=True).scores
+        with pm.pruning(token_score="significance"):
+            assert all(blk.attn.token_score == "significance" for blk in pm.vit.blocks)
+            sig = pm.forward_with_info(images, want_scores=True).scores
+        assert pm.token_score == "cls-attention"            # restored on exit
+        again = pm.forward_with_info(images, want_scores=True).scores
+    for c, s, a in zip(cls, sig, again):
+        assert torch.equal(c, a) and not torch.allclose(c, s)
+        np.testing.assert_allclose(s.sum(dim=1).numpy(), 1.0, atol=1e-5)
+        assert (s >= 0).all()
+    with pytest.raises(ValueError, match="unknown token score 'attention'"):
+        pm.token_score = "attention"
+    with pytest.raises(ValueError, match="unknown token score"):
+        with pm.pruning(capacities=[3, 2], token_score="max"):
+            pass
+    assert pm.token_score == "cls-attention" and pm.capacities == [None, None]
+
+
+def test_capacity_keeps_the_top_k_by_the_chosen_score(tiny_prunable, images):
+    """The kept tokens are the K best by the model's token score (significance here), checked by a manual pipeline."""
+    pm = tiny_prunable
+    x = images[:2]
+    with torch.no_grad(), pm.pruning(capacities=[4, None], token_score="significance"):
+        out = pm(x)
+        blk0 = pm.vit.blocks[0]
+        t, s = blk0.attention_part(pm.embed(x))
+        p = pm.num_prefix
+        keep = s.argsort(dim=-1, descending=True)[:, :4] + p
+        kept = torch.cat([t[:, :p], torch.gather(t, 1, keep.unsqueeze(-1).expand(-1, -1, t.shape[-1]))], dim=1)
+        manual = pm.head(Block.forward(pm.vit.blocks[1], blk0.mlp_part(kept)))
+    np.testing.assert_allclose(out.numpy(), manual.numpy(), atol=ATOL)
 
 
 # ------------------------------------------------------------------------------ capacity selector

@@ -45,6 +45,7 @@ CASES = {
                         ["accuracy_budget.json", "accuracy_budget.md", "accuracy_budget.png"]),
     "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
     "selection_rule": (["--quick"], ["selection_rule.json", "selection_rule.md", "selection_rule.png"]),
+    "token_score": (["--quick"], ["token_score.json", "token_score.md", "token_score.png"]),
     "threshold_criteria": (["--quick"], ["threshold_criteria.json", "threshold_criteria.md", "threshold_criteria.png"]),
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
     "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
@@ -214,6 +215,16 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
             if r["vitedge kl"] and r["vitedge top1"]:  # each ranking's pick is its own best on calibration
                 assert r["vitedge kl"]["calib_kl"] <= r["vitedge top1"]["calib_kl"] or r["vitedge top1"]["family"] == "refined"
         assert set(m["mean_test_top1"]) == {"vitedge kl", "vitedge top1", "pomt", "constant"}
+    if script == "token_score":
+        m = results[0]["models"][0]
+        assert set(m["search"]) == {"cls-attention", "significance"}
+        assert [(c["score"], c["site"], c["K"]) for c in m["single_cuts"]] == [
+            (s, 0, k) for s in ("cls-attention", "significance") for k in (20, 45)]
+        for s in m["search"].values():  # every pick fits its budget; the ceiling is at least as fast as the picks
+            picks = [p for p in s["picks"] if p["pick"]]
+            assert picks and all(p["pick"]["predicted_relative"] <= p["fraction"] / 100 + 1e-9 for p in picks)
+            if s["fastest_pick_within_1_point"] is not None:
+                assert s["ceiling_fastest_within_1_point"] <= s["fastest_pick_within_1_point"] + 1e-9
     if script == "threshold_criteria":
         for m in results[0]["models"]:
             assert [(r["site"], r["target_kept"]) for r in m["rows"]] == [(0, 20), (0, 45), (1, 20), (1, 45)]

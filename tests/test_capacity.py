@@ -275,13 +275,15 @@ CAPACITY_BANNED = {"NonZero", "TopK", "Greater", "GreaterOrEqual", "Less", "Less
                    "Not", "Xor", "CumSum", "Cast", "Where", "ArgMax", "ArgMin", "ScatterND", "ScatterElements"}
 
 
-@pytest.mark.parametrize("config, caps, package", [("deit_tiny_distilled_patch16_224", [6, 2], False),
-                                                  ("avg_pool", [None, 1], False),
-                                                  ("vit_tiny_patch16_224", [5, 5], True)])
-def test_capacity_onnx_export_is_float_only_and_matches(config, caps, package, tmp_path):
+@pytest.mark.parametrize("config, caps, package, score", [("deit_tiny_distilled_patch16_224", [6, 2], False, "cls-attention"),
+                                                         ("avg_pool", [None, 1], False, "cls-attention"),
+                                                         ("vit_tiny_patch16_224", [5, 5], True, "cls-attention"),
+                                                         ("deit_tiny_distilled_patch16_224", [6, 2], False, "significance")])
+def test_capacity_onnx_export_is_float_only_and_matches(config, caps, package, score, tmp_path):
     vit = make_tiny_vit(global_pool="avg") if config == "avg_pool" else make_tiny_vit(config)
     pm = PrunableViT(vit)
     pm.package_token = package
+    pm.token_score = score
     pm.set_capacities(caps)
     path = tmp_path / "capacity.onnx"
     ops = audit_ops(export_pruned(pm, path))

@@ -197,6 +197,52 @@ def test_calibration_of_another_model(env, tmp_path):
     assert not (tmp_path / "s.json").exists()
 
 
+def test_token_score_is_recorded_and_checked(env, tmp_path):
+    """--token-score: the calibration and the schedule record it, export applies the schedule's, and a calibration
+    scored the other way is refused in one line (exit 2, no file)."""
+    from vitedge.calibration import Calibration
+    from vitedge.schedule import Schedule
+
+    cal = tmp_path / "cls.npz"
+    r = invoke(env, "calibrate", *base(env), "-M", "11", "--token-score", "cls-attention", "-o", str(cal))
+    assert r.exit_code == 0, r.output
+    assert Calibration.load(cal).meta["token_score"] == "cls-attention"
+    r = invoke(env, "search", *base(env), "--budget-flops", "0.5", "--objective", "fisher",  # default: significance
+               "--calibration", str(cal), "-o", str(tmp_path / "s.json"))
+    assert_one_line_error(r, 2, str(cal), "cls-attention", "--token-score cls-attention")
+    assert not (tmp_path / "s.json").exists()
+    r = invoke(env, "search", *base(env), "--budget-flops", "0.5", "--objective", "fisher", "--token-score", "cls-attention",
+               "--calibration", str(cal), "-o", str(tmp_path / "s.json"))
+    assert r.exit_code == 0, r.output
+    sched = Schedule.load(tmp_path / "s.json")
+    assert sched.meta["token_score"] == "cls-attention"
+    r = invoke(env, "search", *base(env), "--budget-flops", "0.5", "--objective", "fisher", "-o", str(tmp_path / "sig.json"))
+    assert r.exit_code == 0, r.output
+    assert Schedule.load(tmp_path / "sig.json").meta["token_score"] == "significance"
+    r = invoke(env, "search", *base(env), "--budget-flops", "0.5", "--token-score", "max", "-o", str(tmp_path / "x.json"))
+    assert r.exit_code == 2 and "max" in r.output and not (tmp_path / "x.json").exists()
+
+
+def test_schedule_applies_its_token_score(tmp_path):
+    """A schedule sets the token score it was searched with; a file without one (older vitedge) means CLS attention."""
+    from vitedge.models.adapter import PrunableViT
+    from vitedge.schedule import Schedule
+
+    pm = PrunableViT(build_reference(weights=False))
+    pm.token_score = "significance"
+    plain = Schedule(mode="capacity", candidates=[1] + [0] * 5, thresholds=[None] * 6, capacities=[20] + [None] * 5,
+                     budget=1.0, unit="ms", cost_model="latency", predicted=1.0, predicted_kept=[20.0] * 6, fisher_loss=0.0)
+    with pm.pruning(plain):
+        assert pm.token_score == "cls-attention" and pm.capacities[0] == 20
+    assert pm.token_score == "significance"
+    plain.meta["token_score"] = "significance"
+    plain.save(tmp_path / "s.json")
+    pm.token_score = "cls-attention"
+    with pm.pruning(Schedule.load(tmp_path / "s.json")):
+        assert pm.token_score == "significance"
+    assert pm.token_score == "cls-attention"
+
+
 def test_latency_table_of_other_shape_or_device(env, tmp_path):
     r = invoke(env, "profile", *base(env), "-o", str(tmp_path / "t.json"))
     assert r.exit_code == 0

@@ -89,6 +89,23 @@ def test_pruned_export_parity(pruned_export):
     assert (kept[:, 0] < NUM_PATCHES).all() and (kept[:, 1] == kept[:, 0]).all() and (kept[:, 2] <= kept[:, 1]).all()
 
 
+def test_threshold_export_with_significance_scores(tmp_path):
+    """``token_score="significance"`` (ATS token scoring) exports sort-free and matches PyTorch, kept counts included."""
+    pm = PrunableViT(make_tiny_vit("deit_tiny_distilled_patch16_224", depth=3))
+    pm.token_score = "significance"
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        s = pm.forward_with_info(x, want_scores=True).scores
+    pm.set_thresholds([float(s[0].median()), None, float(s[2].median())])
+    path = tmp_path / "significance.onnx"
+    ops = audit_ops(export_pruned(pm, path))
+    assert ops["NonZero"] == 2 and ops["Sqrt"] >= 2 and "TopK" not in ops and not (set(ops) & FORBIDDEN_OPS)
+    report = check_parity(pm, path, ImageSet(images=x.numpy(), labels=None, name="random"))
+    assert report.max_abs_diff < 1e-4 and report.kept_match == 1.0 and report.top1_agreement == 1.0
+    kept = np.array([_session(path).run(None, {"image": x[i:i + 1].numpy()})[1] for i in range(6)])
+    assert (kept[:, 0] < NUM_PATCHES).all() and len(set(kept[:, 0])) > 1   # image-dependent counts: it prunes
+
+
 def test_check_parity_detects_disagreement(pruned_export, tmp_path):
     pm, x, path, _ = pruned_export
     images = ImageSet(images=x[:2].numpy(), labels=None, name="random")

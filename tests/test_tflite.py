@@ -92,6 +92,20 @@ def test_parity_with_pytorch(capacity_tflite, images):
     assert set(res.to_dict()) == {"runtime", "images", "max_abs_diff", "top1_agreement", "kept_match", "boundary_flips"}
 
 
+def test_significance_scores_convert_float_only_and_match(images, tmp_path):
+    """The ATS significance score (``token_score="significance"``) converts to float-only ops XNNPACK runs."""
+    pm = PrunableViT(make_tiny_vit())
+    pm.token_score = "significance"
+    pm.set_capacities(CAPS)
+    path = tmp_path / "significance.tflite"
+    ops = export_tflite(PrunedModelGraph(pm).eval(), (torch.zeros(1, 3, 32, 32),), path)
+    bad = {k for k in ops if k in FORBIDDEN_TFLITE or k in NOT_FLOAT_ONLY or k.startswith(("CUSTOM", "FLEX"))}
+    assert not bad, bad
+    assert xnnpack_delegation(path).all_delegated
+    res = check_parity_tflite(pm, path, images)
+    assert res.max_abs_diff < 1e-4 and res.kept_match == 1.0 and res.top1_agreement == 1.0
+
+
 def test_parity_detects_other_capacities(capacity_tflite, images):
     pm, path, _ = capacity_tflite
     try:

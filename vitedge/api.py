@@ -45,6 +45,7 @@ _MINIMUM = {"threads": 0, "calib_limit": 1, "num_classes": 1, "img_size": 1, "nu
             "runs": 1, "min_time": 0, "search_grid": 1, "search_refine": 0, "search_seconds": 1, "tokens_step": 1}
 _FLOATS = {"min_time", "search_seconds"}
 _CHOICES = {"objective": ("measured", "fisher"), "select_by": ("kl", "top1"), "importance": ("fisher_block", "fisher_raw", "cls_attention"),
+            "token_score": ("significance", "cls-attention"),
             "precision": ("fp32", "fp16", "int8"), "quantization": ("static", "dynamic")}
 # options that say how a named model is loaded: meaningless for a model object
 _LOADING = ("checkpoint", "pretrained", "num_classes", "img_size", "ema")
@@ -286,8 +287,8 @@ def export(model=None, budget_ms: float | None = None, *, images=None, labels=No
         log: called with each progress message (default: printed to stderr).
         **options: the CLI's options by keyword (checkpoint, pretrained, num_classes, img_size, ema, calib_limit,
             runtime, threads, host, serial, device_opts, devices_file, cache_dir, use_cache, progress, warmup, runs,
-            min_time, format, mode, tflite_converter, package_token, tokens_step, objective, select_by, search_grid,
-            search_refine, search_seconds).
+            min_time, format, mode, tflite_converter, package_token, token_score, tokens_step, objective, select_by,
+            search_grid, search_refine, search_seconds).
 
     Returns:
         The report dict (also written to ``out/report.json``).

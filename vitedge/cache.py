@@ -18,8 +18,11 @@ def _safe(s) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))
 
 
-def calibration_path(root: Path, *, model_hash: str, image_set_hash: str, num_candidates: int, importance: str) -> Path:
-    return root / f"calib-{model_hash}-{image_set_hash}-M{num_candidates}-{_safe(importance)}.npz"
+def calibration_path(root: Path, *, model_hash: str, image_set_hash: str, num_candidates: int, importance: str,
+                     token_score: str = "cls-attention") -> Path:
+    """``token_score`` other than "cls-attention" adds a tag (files cached before it scored by CLS attention)."""
+    tag = "" if token_score == "cls-attention" else f"-{_safe(token_score)}"
+    return root / f"calib-{model_hash}-{image_set_hash}-M{num_candidates}-{_safe(importance)}{tag}.npz"
 
 
 def table_path(root: Path, *, arch_hash: str, device: str, runtime: str, runtime_version: str, threads: int,

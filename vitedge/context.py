@@ -56,6 +56,7 @@ class Options:
     tflite_converter: str = "litert-torch"  # "litert-torch" (static shapes) | "onnx2tf" (threshold mode)
     tokens_step: int | None = None   # token-count grid of static-shape profiles (LiteRT)
     package_token: bool = False      # SPViT eq. (8): pruned tokens averaged into one extra token
+    token_score: str = "significance"  # how selectors score patch tokens: "significance" (ATS) | "cls-attention" (RCTP)
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True
@@ -153,6 +154,7 @@ class Context:
             if issubclass(w.category, UserWarning):
                 log(f"warning: {w.message}")
         self.model.package_token = opts.package_token
+        self.model.token_score = opts.token_score
         self.is_reference = model is None and opts.model in (None, REFERENCE_NAME)  # the digits architecture, any weights
         self.model_hash = model_hash(self.model.vit)
         self.shape = model_shape(self.model)
@@ -277,13 +279,16 @@ class Context:
         """Load ``path`` (checked against this model and images) or the cached one, else calibrate."""
         img_hash = image_set_hash(self.images)
         if path is not None:
-            return Calibration.load(path, expect_model_hash=self.model_hash, expect_image_set_hash=img_hash)
+            return Calibration.load(path, expect_model_hash=self.model_hash, expect_image_set_hash=img_hash,
+                                    expect_token_score=self.model.token_score)
         o = self.opts
         cached = cache.calibration_path(self.cache_root(), model_hash=self.model_hash, image_set_hash=img_hash,
-                                        num_candidates=o.num_candidates, importance=o.importance)
+                                        num_candidates=o.num_candidates, importance=o.importance,
+                                        token_score=self.model.token_score)
         if o.use_cache and cached.is_file():
             try:
-                return Calibration.load(cached, expect_model_hash=self.model_hash, expect_image_set_hash=img_hash)
+                return Calibration.load(cached, expect_model_hash=self.model_hash, expect_image_set_hash=img_hash,
+                                        expect_token_score=self.model.token_score)
             except CalibrationError as e:
                 self.log(f"cache: ignoring {cached.name} ({e})")
         cal = calibrate(self.model, self.images, model_hash=self.model_hash, image_set_hash=img_hash,

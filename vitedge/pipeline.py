@@ -59,7 +59,7 @@ def make_search(ctx: Context, cal, table, *, log=print):
         return planner(ctx.mode), None
     modes = ctx.search_modes if o.objective == "measured" else (ctx.mode,)
     modes = tuple(m for m in modes if table.has_part(SELECTOR_PART[m])) or (ctx.mode,)
-    key = (cal.meta.get("model_hash"), cal.meta.get("image_set_hash"), table.meta.get("created"), repr(table.device),
+    key = (cal.meta.get("model_hash"), cal.meta.get("image_set_hash"), cal.meta.get("token_score"), table.meta.get("created"), repr(table.device),
            modes, o.objective, o.select_by, tuple(sorted(o.search_knobs.items())), o.search_seconds)
     cached = ctx.searches.get(key)
     if cached is not None:  # one sweep of budgets on one context reuses every evaluated schedule

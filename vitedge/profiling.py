@@ -213,5 +213,6 @@ def table_from_result(model: PrunableViT, device: Device, result: dict, tokens: 
                 "threads": device.threads, "environment": env},
         parts=parts_out, fixed=fixed, protocol=result["config"], drift=result["drift"], in_graph=in_graph,
         meta={**(meta or {}), "measured_tokens": [n for n in tokens if n > model.num_prefix], "reference": result["reference"],
+              "token_score": model.token_score,  # the attention part computes it (a few element-wise ops per token)
               "footprint": table_footprint(result),  # per part: file size, load, first inference, memory
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -74,7 +74,9 @@ class Schedule:
         return all(t is None for t in self.thresholds) and all(k is None for k in self.capacities)
 
     def apply(self, model) -> None:
-        """Configure a :class:`~vitedge.models.adapter.PrunableViT` with this schedule."""
+        """Configure a :class:`~vitedge.models.adapter.PrunableViT` with this schedule: its thresholds or capacities
+        and the token score they were searched with (``meta["token_score"]``; files without it: "cls-attention")."""
+        model.token_score = self.meta.get("token_score") or "cls-attention"
         if self.mode == "capacity":
             model.set_capacities(self.capacities)
         else:

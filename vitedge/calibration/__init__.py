@@ -12,6 +12,9 @@ def calibrate(model, images, *, model_hash: str, image_set_hash: str, num_candid
               progress: bool = True) -> Calibration:
     """Stages 1-3 of RCTP on ``images``: thresholds θ[l, m], FI-loss f[l, m], kept counts n[l, m, d].
 
+    The scores are the model's token score (:attr:`~vitedge.models.adapter.PrunableViT.token_score`; RCTP: the
+    CLS attention), recorded in ``meta["token_score"]``.
+
     Args:
         model: a :class:`~vitedge.models.adapter.PrunableViT`.
         images: an :class:`~vitedge.data.digits.ImageSet` (labels used when present and ``use_labels``).
@@ -26,7 +29,8 @@ def calibrate(model, images, *, model_hash: str, image_set_hash: str, num_candid
     s1 = collect_stage1(model, images, batch_size=batch_size, use_labels=use_labels, progress=progress)
     meta = {"model": getattr(model, "model_name", type(model.vit).__name__), "model_hash": model_hash,
             "image_set": images.name, "image_set_hash": image_set_hash, "label_source": s1.label_source,
-            "unpruned_top1_agreement_with_labels": float((s1.model_top1 == s1.labels).mean())}
+            "unpruned_top1_agreement_with_labels": float((s1.model_top1 == s1.labels).mean()),
+            "token_score": model.token_score}
     cal = build_calibration(s1.scores, s1.fisher, s1.labels, dim=model.dim, num_prefix=model.num_prefix,
                             meta=meta, num_candidates=num_candidates, importance=importance)
     if model.min_patch_tokens:  # the selector keeps the best patch token for heads that pool patch tokens

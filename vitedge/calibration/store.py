@@ -150,14 +150,15 @@ class Calibration:
             raise CalibrationError(f"cannot write calibration file {path}: {e}{hint}") from None
 
     @classmethod
-    def load(cls, path, *, expect_model_hash=None, expect_image_set_hash=None) -> "Calibration":
+    def load(cls, path, *, expect_model_hash=None, expect_image_set_hash=None, expect_token_score=None) -> "Calibration":
         """Read a file written by :meth:`save` (``np.load(allow_pickle=False)``).
 
-        ``expect_model_hash`` / ``expect_image_set_hash``: when given, must equal the file's.
+        ``expect_model_hash`` / ``expect_image_set_hash`` / ``expect_token_score``: when given, must equal the
+        file's (a file without ``meta["token_score"]`` was made with "cls-attention").
 
         Raises:
             CalibrationError: missing file; not a zip / corrupt / truncated; missing entries;
-                another format or a newer version; shapes inconsistent with meta; hash mismatch.
+                another format or a newer version; shapes inconsistent with meta; hash or token score mismatch.
         """
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -214,6 +215,10 @@ class Calibration:
                 raise CalibrationError(
                     f"calibration file {path} was made for {what} (hash {str(meta[key])[:12]}…, "
                     f"expected {str(expected)[:12]}…), {_RERUN}")
+        made_with = meta.get("token_score") or "cls-attention"
+        if expect_token_score is not None and made_with != expect_token_score:
+            raise CalibrationError(f"calibration file {path} scored tokens by {made_with}, not {expect_token_score}: "
+                                   f"pass --token-score {made_with} or {_RERUN}")
         return cal
 
 

@@ -130,6 +130,10 @@ def model_options(fn):
                           "reference kernels where delegates refuse them)."),
         click.option("--package-token", is_flag=True,
                      help="append one token averaging the pruned ones, weighted by CLS score (SPViT eq. 8, no training)."),
+        click.option("--token-score", type=click.Choice(["significance", "cls-attention"]), default="significance",
+                     show_default=True,
+                     help="how selectors rank patch tokens: significance (CLS attention x value norm, ATS token scoring; measured "
+                          "to keep more accuracy) or cls-attention (RCTP's and POMT's head-averaged CLS attention)."),
         click.option("--tokens-step", type=click.IntRange(min=1), default=None,
                      help="static-shape runtimes (LiteRT): profile every k-th token count (default: ~33 points)."),
     ]
@@ -150,7 +154,7 @@ def _options(kw: dict, **extra) -> Options:
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
                    device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"),
-                   package_token=bool(kw.get("package_token")),
+                   package_token=bool(kw.get("package_token")), token_score=kw.get("token_score") or "significance",
                    tflite_converter=kw.get("tflite_converter") or "litert-torch",
                    precision=kw.get("precision") or "fp32", quantization=kw.get("quantization") or "dynamic", **extra)
     preset = measure_overrides(kw["device"], kw.get("devices_file"))  # the preset's protocol, then the flags

@@ -21,7 +21,7 @@ from torch import nn
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from ..schedule import capacity_selectors
-from .pruning import capacity_select, cls_attention_scores, gather_tokens, package_token, threshold_keep_indices
+from .pruning import TOKEN_SCORES, capacity_select, gather_tokens, package_token, threshold_keep_indices
 
 
 class UnsupportedModelError(ValueError):
@@ -29,7 +29,10 @@ class UnsupportedModelError(ValueError):
 
 
 class PrunableAttention(Attention):
-    """timm ``Attention`` that also returns the CLS row of its attention map."""
+    """timm ``Attention`` that also returns a score per patch token (``token_score``, a key of
+    :data:`~vitedge.models.pruning.TOKEN_SCORES`; set by :attr:`PrunableViT.token_score`)."""
+
+    token_score: str = "cls-attention"
 
     def forward_with_scores(self, x: torch.Tensor, num_prefix: int, key_bias: torch.Tensor | None = None,
                             queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +49,8 @@ class PrunableAttention(Attention):
 
         Returns:
             out: (B, q, C) the MSA output (after ``proj``/``proj_drop``), q = N when ``queries`` is None.
-            scores: (B, N - p) CLS-attention score per patch token, mean over heads.
+            scores: (B, N - p) score per patch token (:attr:`token_score`: the CLS attention, mean over heads, or
+                the ATS significance score).
         """
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
@@ -60,7 +64,7 @@ class PrunableAttention(Attention):
         if key_bias is not None:
             attn = attn + key_bias
         attn = attn.softmax(dim=-1)
-        scores = cls_attention_scores(attn, num_prefix)
+        scores = TOKEN_SCORES[self.token_score](attn, v, num_prefix)
         out = self.attn_drop(attn) @ v
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         out = self.norm(out)
@@ -171,6 +175,21 @@ class PrunableViT(nn.Module):
         self.thresholds: list[float | None] = [None] * len(vit.blocks)
         self.capacities: list[int | None] = [None] * len(vit.blocks)
         self.package_token = False  # SPViT eq. (8): append one token that averages the pruned ones
+        self.token_score = "cls-attention"
+
+    @property
+    def token_score(self) -> str:
+        """How the selectors score patch tokens: "cls-attention" (RCTP §III-A) or "significance" (ATS token scoring).
+
+        Raises ValueError (on set) for another name."""
+        return self.vit.blocks[0].attn.token_score
+
+    @token_score.setter
+    def token_score(self, name: str) -> None:
+        if name not in TOKEN_SCORES:
+            raise ValueError(f"unknown token score {name!r}: use one of {', '.join(TOKEN_SCORES)}")
+        for blk in self.vit.blocks:
+            blk.attn.token_score = name
 
     # -- shape facts used by tables, calibration and export ------------------------------------------
     @property
@@ -248,18 +267,21 @@ class PrunableViT(nn.Module):
         self.capacities = out
 
     @contextmanager
-    def pruning(self, schedule=None, *, thresholds=None, capacities=None, package_token: bool | None = None):
+    def pruning(self, schedule=None, *, thresholds=None, capacities=None, package_token: bool | None = None,
+                token_score: str | None = None):
         """Prune as configured inside a ``with`` block; restore the previous configuration on exit.
 
         ``with model.pruning(schedule): ...`` applies a :class:`~vitedge.schedule.Schedule`;
         ``pruning(thresholds=...)`` or ``pruning(capacities=...)`` sets θ_l or K_l per block; with none of
-        them nothing is pruned. ``package_token`` (None: unchanged) sets the SPViT package token. On exit,
-        also on error, the previous thresholds, capacities and package token are restored exactly.
+        them nothing is pruned. ``package_token`` and ``token_score`` (None: unchanged, or the schedule's) set the
+        SPViT package token and the token score. On exit, also on error, the previous thresholds, capacities,
+        package token and token score are restored exactly.
 
         Raises:
-            ValueError: as :meth:`set_thresholds` / :meth:`set_capacities` (the configuration is unchanged).
+            ValueError: as :meth:`set_thresholds` / :meth:`set_capacities`, or an unknown token score (the
+                configuration is unchanged).
         """
-        saved = (list(self.thresholds), list(self.capacities), self.package_token)
+        saved = (list(self.thresholds), list(self.capacities), self.package_token, self.token_score)
         try:
             if schedule is not None:
                 schedule.apply(self)
@@ -269,9 +291,11 @@ class PrunableViT(nn.Module):
                 self.set_thresholds(thresholds if thresholds is not None else [None] * self.depth)
             if package_token is not None:
                 self.package_token = bool(package_token)
+            if token_score is not None:
+                self.token_score = token_score
             yield self
         finally:
-            self.thresholds, self.capacities, self.package_token = saved
+            self.thresholds, self.capacities, self.package_token, self.token_score = saved
 
     # -- forward ---------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,35 @@ def cls_attention_scores(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
     return attn[:, :, 0, num_prefix:].mean(dim=1)
 
 
+def significance_scores(attn: torch.Tensor, v: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Significance score of each patch token after ATS's token scoring (Fayyaz et al., "Adaptive Token Sampler
+    for Efficient Vision Transformers", ECCV 2022, §3, arXiv 2111.15667): the CLS attention to a token weighted by
+    the norm of its value vector, normalised over the patch tokens. Multi-head form (ours): per head, summed.
+
+    S_j = sum_h A_h[0, j] ||V_h[j]|| / sum_i sum_h A_h[0, i] ||V_h[i]||, j, i patch tokens. A token the CLS
+    attends to but whose value is small adds little to the CLS output; this score ranks by that contribution.
+    Retraining-free; measured to keep more top-1 than the head-averaged CLS attention at the same kept count
+    (``benchmarks/results/token_score.md``). Mul, ReduceSum, Sqrt, Div: no sort, exportable as is.
+
+    Args:
+        attn: (B, H, Nq, N) softmax attention probabilities (row 0 is the CLS query).
+        v: (B, H, N, d) value vectors.
+        num_prefix: p.
+
+    Returns:
+        (B, P) non-negative scores summing to 1 over the patch tokens of each image.
+    """
+    w = (attn[:, :, 0, num_prefix:] * v[:, :, num_prefix:].pow(2).sum(-1).sqrt()).sum(dim=1)
+    return w / (w.sum(dim=-1, keepdim=True) + 1e-12)
+
+
+#: how a selector scores the patch tokens (``--token-score``): name -> (B, H, Nq, N) attn, (B, H, N, d) v, p -> (B, P)
+TOKEN_SCORES = {
+    "cls-attention": lambda attn, v, p: cls_attention_scores(attn, p),   # RCTP §III-A, POMT, Top-K
+    "significance": significance_scores,                                  # ATS token scoring
+}
+
+
 def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor, num_prefix: int,
                            keep_best: bool = False) -> torch.Tensor:
     """Indices (into all N tokens) of the tokens kept by ``score >= threshold``; prefix tokens always kept.
