@@ -95,7 +95,9 @@ def markdown(data: dict) -> str:
              "ONNX, `--mode auto`; calibration: the 200 calibration digits (labelled, so `top1` is the calibration accuracy); "
              "test: the 600 held-out test digits. Budget and latency: the table's prediction / its unpruned prediction "
              "(selection only, nothing timed). Baselines: the member of best calibration accuracy that fits (POMT's rule), "
-             "among the same evaluated candidates. Each cell: test top-1 % (latency / unpruned, mode).", ""]
+             "among the same evaluated candidates, so they score tokens as the search does (`--token-score`, default significance "
+             "since `token_score.md`; the results in the repo predate it: CLS attention). Each cell: test top-1 % "
+             "(latency / unpruned, mode).", ""]
     for m in data["models"]:
         lines += [f"## {m['model']}: unpruned test top-1 {100 * m['unpruned_test_accuracy']:.1f} %, "
                   f"calibration {100 * m['unpruned_calib_accuracy']:.1f} %; grid {m['knobs']['grid']}, "
