@@ -199,7 +199,9 @@ class ClosedLoop:
     which the per-block calibration counts ignore) re-predict the latency from the table, and
     ``target`` is re-aimed (up to 3 times, without exporting) until that prediction, times the
     table's bias (measured / predicted of the last round, 1 at first), is AIM x budget; (2) the
-    model is exported and measured on the device, which updates the bias.
+    model is exported and measured on the device, which updates the bias. The unpruned model (keep every
+    token) is exported as it is while the table times the bias says it fits the budget, and ends the loop when it
+    measures within it; when it measured over, the loop re-aims below it.
     """
 
     def __init__(self, ctx: Context, planner: Planner, workdir: Path, artifact: Artifact, *, max_rounds: int = 5, log=print):
@@ -236,7 +238,9 @@ class ClosedLoop:
                 schedule, target = self._solve(target)
                 realised, kept = self._realised(schedule)
                 tried.append((realised, schedule, kept, target))
-                if abs(realised - goal) <= 0.03 * goal or schedule.keeps_everything:
+                # keeping every token is tried as it is while the table (times its bias) says it fits; once the
+                # unpruned model measured over the budget (a table that predicted it under), re-aim below it
+                if abs(realised - goal) <= 0.03 * goal or (schedule.keeps_everything and realised * bias <= budget):
                     break
                 target *= self._step(goal, realised)
             # re-aiming may overshoot where schedules are sparse: export the slowest tried one that fits the goal
@@ -253,8 +257,8 @@ class ClosedLoop:
             self.log(f"  round {r}: search budget {target:.3f} ms -> predicted {realised:.3f} ms, measured {med:.3f} ms")
             if med <= budget and (best is None or med > best[2]["at_quantile_ms"]):
                 best = (schedule, path, m)
-            if best is not None and best[2]["at_quantile_ms"] >= ACCEPT_LOW * budget:
-                break
+            if best is not None and (best[2]["at_quantile_ms"] >= ACCEPT_LOW * budget or best[0].keeps_everything):
+                break  # close enough to the budget, or nothing pruned and within it (nothing is more accurate)
             bias = min(max(med / realised, 1 / MAX_STEP), MAX_STEP) if realised > 0 else 1.0
         if best is None:
             raise BudgetNotMetError(f"measured {min(x['measured_ms'] for x in self.rounds):.3f} ms > budget {budget:.3f} ms "
