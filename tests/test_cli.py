@@ -69,9 +69,7 @@ def test_calibrate_profile_search(env, tmp_path):
     assert r.exit_code == 0, r.output
     table = json.loads((tmp_path / "t.json").read_text())
     assert len(table["parts"]["attention"]["median_ms"]) == 65
-    r = invoke(env, "search", *base(env), "-M", "51", "--budget-flops", "0.5", "--calibration", str(tmp_path / "c.npz"),
-               "-o", str(tmp_path / "s.json")) if False else \
-        invoke(env, "search", *base(env), "--budget-flops", "0.5", "--calibration", str(tmp_path / "c.npz"), "-o", str(tmp_path / "s.json"))
+    r = invoke(env, "search", *base(env), "--budget-flops", "0.5", "--calibration", str(tmp_path / "c.npz"), "-o", str(tmp_path / "s.json"))
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "s.json").read_text())
     assert np.mean(s["candidates"]) / 51 >= 0.5 and s["cost_model"] == "flops"  # RCTP eq. (7)
