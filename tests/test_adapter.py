@@ -335,6 +335,15 @@ def test_significance_scores_hand_made():
     np.testing.assert_allclose(significance_scores(attn, ones, 1).numpy(), (c / c.sum(-1, keepdim=True)).numpy(), atol=1e-7)
 
 
+def test_token_score_names_are_one_list():
+    from vitedge import token_score
+    from vitedge.models.pruning import TOKEN_SCORES
+
+    assert set(TOKEN_SCORES) == set(token_score.NAMES) and token_score.DEFAULT in TOKEN_SCORES
+    assert token_score.recorded({}) == token_score.LEGACY == "cls-attention"
+    assert token_score.recorded({"token_score": "significance"}) == "significance"
+
+
 def test_token_score_setting_drives_the_scores_and_is_restored(tiny_prunable, images):
     pm = tiny_prunable
     assert pm.token_score == "cls-attention"                # the library default: RCTP's score

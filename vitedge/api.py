@@ -34,6 +34,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import token_score as token_scores
+
 # Options fields that the API sets from its own arguments (not accepted as ``**options``)
 _OWN_FIELDS = {"model", "data", "eval_data", "device", "device_settings", "profile_config", "model_config",
                "profile_partial", "resume", "search_knobs"}
@@ -45,7 +47,7 @@ _MINIMUM = {"threads": 0, "calib_limit": 1, "num_classes": 1, "img_size": 1, "nu
             "runs": 1, "min_time": 0, "search_grid": 1, "search_refine": 0, "search_seconds": 1, "tokens_step": 1}
 _FLOATS = {"min_time", "search_seconds"}
 _CHOICES = {"objective": ("measured", "fisher"), "select_by": ("kl", "top1"), "importance": ("fisher_block", "fisher_raw", "cls_attention"),
-            "token_score": ("significance", "cls-attention"),
+            "token_score": token_scores.NAMES,
             "precision": ("fp32", "fp16", "int8"), "quantization": ("static", "dynamic")}
 # options that say how a named model is loaded: meaningless for a model object
 _LOADING = ("checkpoint", "pretrained", "num_classes", "img_size", "ema")

@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from .token_score import LEGACY
+
 
 def cache_dir(override: str | Path | None = None) -> Path:
     d = Path(override or os.environ.get("VITEDGE_CACHE") or Path.home() / ".cache" / "vitedge")
@@ -19,9 +21,9 @@ def _safe(s) -> str:
 
 
 def calibration_path(root: Path, *, model_hash: str, image_set_hash: str, num_candidates: int, importance: str,
-                     token_score: str = "cls-attention") -> Path:
-    """``token_score`` other than "cls-attention" adds a tag (files cached before it scored by CLS attention)."""
-    tag = "" if token_score == "cls-attention" else f"-{_safe(token_score)}"
+                     token_score: str = LEGACY) -> Path:
+    """``token_score`` other than the legacy one adds a tag (files cached before it scored by CLS attention)."""
+    tag = "" if token_score == LEGACY else f"-{_safe(token_score)}"
     return root / f"calib-{model_hash}-{image_set_hash}-M{num_candidates}-{_safe(importance)}{tag}.npz"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cache
+from . import token_score as token_scores
 from .calibration import Calibration, CalibrationError, calibrate
 from .data.digits import ImageSet, digits_split
 from .data.images import image_set_hash, load_image_folder, resolve_images
@@ -56,7 +57,7 @@ class Options:
     tflite_converter: str = "litert-torch"  # "litert-torch" (static shapes) | "onnx2tf" (threshold mode)
     tokens_step: int | None = None   # token-count grid of static-shape profiles (LiteRT)
     package_token: bool = False      # SPViT eq. (8): pruned tokens averaged into one extra token
-    token_score: str = "significance"  # how selectors score patch tokens: "significance" (ATS) | "cls-attention" (RCTP)
+    token_score: str = token_scores.DEFAULT  # how selectors score patch tokens (vitedge.token_score.NAMES)
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True

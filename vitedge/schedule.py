@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import token_score
 from .io import atomic_write_json
 
 FORMAT = "vitedge-schedule"
@@ -76,7 +77,7 @@ class Schedule:
     def apply(self, model) -> None:
         """Configure a :class:`~vitedge.models.adapter.PrunableViT` with this schedule: its thresholds or capacities
         and the token score they were searched with (``meta["token_score"]``; files without it: "cls-attention")."""
-        model.token_score = self.meta.get("token_score") or "cls-attention"
+        model.token_score = token_score.recorded(self.meta)
         if self.mode == "capacity":
             model.set_capacities(self.capacities)
         else:

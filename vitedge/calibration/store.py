@@ -29,6 +29,7 @@ from vitedge.calibration.tables import (
     candidate_thresholds, fisher_loss_table, flops_reduction, kept_counts, normalise_fisher,
 )
 from vitedge.io import atomic_path
+from vitedge.token_score import recorded as recorded_token_score
 
 __all__ = ["FORMAT", "VERSION", "CalibrationError", "Calibration", "build_calibration"]
 
@@ -215,7 +216,7 @@ class Calibration:
                 raise CalibrationError(
                     f"calibration file {path} was made for {what} (hash {str(meta[key])[:12]}…, "
                     f"expected {str(expected)[:12]}…), {_RERUN}")
-        made_with = meta.get("token_score") or "cls-attention"
+        made_with = recorded_token_score(meta)
         if expect_token_score is not None and made_with != expect_token_score:
             raise CalibrationError(f"calibration file {path} scored tokens by {made_with}, not {expect_token_score}: "
                                    f"pass --token-score {made_with} or {_RERUN}")

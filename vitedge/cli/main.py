@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .. import token_score as token_scores
+
 from ..context import Context, Options
 from ..exporters.registry import converters, formats
 from ..footprint import export_footprint_lines
@@ -130,7 +132,7 @@ def model_options(fn):
                           "reference kernels where delegates refuse them)."),
         click.option("--package-token", is_flag=True,
                      help="append one token averaging the pruned ones, weighted by CLS score (SPViT eq. 8, no training)."),
-        click.option("--token-score", type=click.Choice(["significance", "cls-attention"]), default="significance",
+        click.option("--token-score", type=click.Choice(token_scores.NAMES), default=token_scores.DEFAULT,
                      show_default=True,
                      help="how selectors rank patch tokens: significance (CLS attention x value norm, ATS token scoring; measured "
                           "to keep more accuracy) or cls-attention (RCTP's and POMT's head-averaged CLS attention)."),
@@ -154,7 +156,7 @@ def _options(kw: dict, **extra) -> Options:
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
                    device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"),
-                   package_token=bool(kw.get("package_token")), token_score=kw.get("token_score") or "significance",
+                   package_token=bool(kw.get("package_token")), token_score=kw.get("token_score") or token_scores.DEFAULT,
                    tflite_converter=kw.get("tflite_converter") or "litert-torch",
                    precision=kw.get("precision") or "fp32", quantization=kw.get("quantization") or "dynamic", **extra)
     preset = measure_overrides(kw["device"], kw.get("devices_file"))  # the preset's protocol, then the flags

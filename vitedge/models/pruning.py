@@ -46,7 +46,8 @@ def significance_scores(attn: torch.Tensor, v: torch.Tensor, num_prefix: int) ->
     return w / (w.sum(dim=-1, keepdim=True) + 1e-12)
 
 
-#: how a selector scores the patch tokens (``--token-score``): name -> (B, H, Nq, N) attn, (B, H, N, d) v, p -> (B, P)
+#: how a selector scores the patch tokens (``--token-score``; the names, torch-free: :data:`vitedge.token_score.NAMES`):
+#: name -> (B, H, Nq, N) attn, (B, H, N, d) v, p -> (B, P)
 TOKEN_SCORES = {
     "cls-attention": lambda attn, v, p: cls_attention_scores(attn, p),   # RCTP §III-A, POMT, Top-K
     "significance": significance_scores,                                  # ATS token scoring

@@ -10,6 +10,7 @@ import numpy as np
 from ..calibration.tables import block_flops
 from ..schedule import Schedule, capacity_selectors
 from ..tables.latency import LatencyTable
+from ..token_score import recorded as recorded_token_score
 import math
 
 from .viterbi import BudgetUnreachableError, MonotoneViterbi, _fmt_up, flops_cost_table
@@ -117,7 +118,7 @@ class Planner:
         return Schedule(mode=self.mode, candidates=idx, thresholds=thr, capacities=capacities, budget=float(budget), unit=self.unit,
                         cost_model=self.cost_model, predicted=float(total), predicted_kept=kept, fisher_loss=float(loss),
                         meta={"model_hash": cal.meta.get("model_hash"), "package_token": self.package_token, "image_set_hash": cal.meta.get("image_set_hash"),
-                              "token_score": cal.meta.get("token_score") or "cls-attention",
+                              "token_score": recorded_token_score(cal.meta),
                               "num_patches": int(cal.meta["num_patches"]),
                               "num_candidates": int(cal.thresholds.shape[1] if self.capacities is None else len(self.capacities)),
                               "num_layers": L,
