@@ -67,6 +67,14 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def profile_options(args) -> dict:
+    """Options of a selection study's latency table: the default protocol, or with ``--quick`` (a smoke run, whose
+    numbers mean nothing) 1 warm-up and 3 timed runs per token count, which takes a fraction of the time."""
+    from vitedge.devices.runner import MeasureConfig
+
+    return {"profile_config": MeasureConfig(warmup=1, min_runs=3, min_time_s=0.0)} if getattr(args, "quick", False) else {}
+
+
 # The reference architecture's trained models that the selection studies compare (accuracy_drop.py, selection_rule.py)
 DIGIT_MODELS = {"shipped": None, "seed1": str(Path(__file__).resolve().parent / "models" / "digits-vit-seed1" / "model.safetensors")}
 

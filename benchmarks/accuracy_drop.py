@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from _common import md_table, plot_per_model, run_selection_study, selection_parser
+from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -30,7 +30,8 @@ from vitedge.quality import QualityEvaluator
 
 def run_model(name: str, ckpt, args, cache: Path) -> dict:
     opts = Options(checkpoint=ckpt, threads=args.threads, format="onnx", mode="auto", progress=False, cache_dir=str(cache),
-                   calib_limit=args.calib_limit, search_seconds=1e9, search_knobs=args.knobs)
+                   calib_limit=args.calib_limit, search_seconds=1e9, search_knobs=args.knobs,
+                   **profile_options(args))
     ctx = Context(opts, log=lambda m: None)
     search, _ = make_search(ctx, ctx.calibration(), ctx.latency_table(), log=lambda m: None)
     test = QualityEvaluator(ctx.model, digits_split("test").subset(args.test_limit) if args.test_limit else digits_split("test"))

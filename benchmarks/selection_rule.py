@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import md_table, plot_per_model, run_selection_study, selection_parser
+from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -35,7 +35,8 @@ METHODS = [f"vitedge {r}" for r in RANKS] + list(BASELINES)
 
 def run_model(name: str, ckpt, args, cache: Path) -> dict:
     opts = Options(checkpoint=ckpt, threads=args.threads, format="onnx", mode="auto", progress=False, cache_dir=str(cache),
-                   calib_limit=args.calib_limit, search_seconds=1e9, search_knobs=args.knobs)
+                   calib_limit=args.calib_limit, search_seconds=1e9, search_knobs=args.knobs,
+                   **profile_options(args))
     ctx = Context(opts, log=lambda m: None)
     base, evaluator = make_search(ctx, ctx.calibration(), ctx.latency_table(), log=lambda m: None)
     searches = {r: MeasuredSearch(list(base.planners.values()), evaluator, base.knobs, rank=r) for r in RANKS}
@@ -144,9 +145,10 @@ def main(argv=None) -> None:
     ap.add_argument("--fractions", nargs="+", type=float, default=list(np.arange(45, 98, 2.5)),
                     help="budgets, %% of the predicted unpruned latency")
     ap.add_argument("--search-grid", type=int, default=None, help="candidates per block (default: the search's, 24)")
+    ap.add_argument("--search-refine", type=int, default=None, help="refinement rounds per budget (default: the search's, 2)")
     ap.add_argument("--name", default=None, help="results suffix (selection_rule_NAME)")
     args = ap.parse_args(argv)
-    args.knobs = {} if args.search_grid is None else {"grid": args.search_grid}
+    args.knobs = {k: v for k, v in (("grid", args.search_grid), ("refine", args.search_refine)) if v is not None}
     if args.quick:
         args.models, args.fractions, args.calib_limit, args.test_limit = ["shipped"], [50, 70, 90], 32, 64
         args.knobs = {"grid": 4, "sweep": 2, "refine": 1}

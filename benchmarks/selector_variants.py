@@ -1,7 +1,7 @@
 """Capacity selector variants, measured per runtime: the evidence behind the shipped gather.
 
     python benchmarks/selector_variants.py --threads 1          # reference model, ORT + LiteRT
-    python benchmarks/selector_variants.py --quick --out /tmp/x   # smoke
+    python benchmarks/selector_variants.py --quick --runtimes onnxruntime --out /tmp/x   # smoke
 
 Issue 3 asks to pick the static-size gather "by measured speed per runtime". Every variant keeps
 the same K best patch tokens (rank by counting, vitedge.models.pruning.rank_by_counting); they
@@ -79,7 +79,8 @@ def run(args, work: Path) -> dict:
     feeds = ctx.feeds(16)
     x = torch.from_numpy(np.ascontiguousarray(ctx.images.images[:4]))
     out = {"model": args.model or "vitedge-digits-vit", "capacities": caps, "threads": ctx.device.threads, "runtimes": {}}
-    for runtime, names in VARIANTS.items():
+    for runtime in args.runtimes:
+        names = VARIANTS[runtime]
         art = get_exporter("onnx" if runtime == "onnxruntime" else "tflite")
         a_path = work / f"unpruned-{runtime}{art.suffix}"
         art.export(model, a_path, pruned=False)
@@ -138,6 +139,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="timm model (default: the shipped reference ViT)")
     p.add_argument("--threads", type=int, default=0, help="runtime threads (0: all cores)")
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--runtimes", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="runtimes to compare in (default: all; a LiteRT conversion takes ~25 s per variant)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()

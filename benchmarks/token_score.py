@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import md_table, plot_per_model, run_selection_study, selection_parser
+from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.models.pruning import TOKEN_SCORES
@@ -61,7 +61,8 @@ def _search_rows(ctx, table, test_set, fractions) -> dict:
 
 def run_model(name: str, ckpt, args, cache: Path) -> dict:
     opts = Options(checkpoint=ckpt, threads=args.threads, format="onnx", mode="auto", progress=False, cache_dir=str(cache),
-                   calib_limit=args.calib_limit, search_seconds=1e9, search_knobs=args.knobs)
+                   calib_limit=args.calib_limit, search_seconds=1e9, search_knobs=args.knobs,
+                   **profile_options(args))
     ctx = Context(opts, log=lambda m: None)
     model, table = ctx.model, ctx.latency_table()
     test_set = digits_split("test").subset(args.test_limit) if args.test_limit else digits_split("test")

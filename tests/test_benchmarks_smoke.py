@@ -31,7 +31,7 @@ CASES = {
     "speed": (["--repeats", "1"], ["speed.json", "speed.md"]),
     "modes": (["--quick", "--models", REF, "--fractions", "0.9", "--sweep", "0.9", "--rounds", "1"],
               ["modes.json", "modes.md", "modes.png", f"litert_table_{REF}.png"]),
-    "selector_variants": (["--quick", "--threads", "1", "--rounds", "1"],
+    "selector_variants": (["--quick", "--threads", "1", "--rounds", "1", "--runtimes", "onnxruntime"],
                           ["selector_variants.json", "selector_variants.md", "selector_variants.png"]),
     "onnx2tf_route": (["--quick", "--images", "4"], ["onnx2tf.json", "onnx2tf.md"]),  # only with onnx2tf
     "remote_devices": (["--quick", "--rounds", "1", "--kills", "1", "--limits", "min", "--calib-limit", "4"],
