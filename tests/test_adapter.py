@@ -381,6 +381,36 @@ def test_capacity_keeps_the_top_k_by_the_chosen_score(tiny_prunable, images):
     np.testing.assert_allclose(out.numpy(), manual.numpy(), atol=ATOL)
 
 
+@pytest.mark.parametrize("caps", [[None, 6, None], [6, None, 3], [8, 5, 3]])
+def test_cumulative_significance_averages_the_blocks_since_the_previous_selector(images, caps):
+    """``cumulative-significance``: a selector at block l ranks by the mean significance of the blocks after the
+    previous selector up to l (all blocks from 0 for the first), checked by a plain pipeline with argsort."""
+    pm = PrunableViT(make_tiny_vit(depth=3))
+    x, p = images[:3], pm.num_prefix
+    with torch.no_grad(), pm.pruning(capacities=caps, token_score="cumulative-significance"):
+        info = pm.forward_with_info(x)
+        out = info.logits
+        t, window = pm.embed(x), []
+        for blk, k in zip(pm.vit.blocks, caps):
+            a, sig = blk.attention_part(t)  # the per-block significance (the model's blocks score by it)
+            window.append(sig)
+            if k is not None:
+                score = torch.stack(window).mean(0)
+                keep = score.argsort(dim=-1, descending=True)[:, :k] + p
+                a = torch.cat([a[:, :p], torch.gather(a, 1, keep.unsqueeze(-1).expand(-1, -1, a.shape[-1]))], dim=1)
+                window = []
+            t = blk.mlp_part(a)
+        manual = pm.head(t)
+        with pm.pruning(capacities=caps, token_score="significance"):
+            plain = pm.forward_with_info(x).scores
+    np.testing.assert_allclose(out.numpy(), manual.numpy(), atol=ATOL)
+    starts = [0] + [l + 1 for l, k in enumerate(caps) if k is not None]  # where each window starts
+    for l, k in enumerate(caps):  # a selector's score: the block's own significance only when its window is one block
+        if k is not None:
+            own = max(b for b in starts if b <= l) == l
+            assert torch.allclose(info.scores[l], plain[l], atol=ATOL) == own
+
+
 # ------------------------------------------------------------------------------ capacity selector
 
 def test_rank_by_counting_is_stable_descending_rank():

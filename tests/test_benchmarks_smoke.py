@@ -217,9 +217,9 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
         assert set(m["mean_test_top1"]) == {"vitedge kl", "vitedge top1", "pomt", "constant"}
     if script == "token_score":
         m = results[0]["models"][0]
-        assert set(m["search"]) == {"cls-attention", "significance"}
-        assert [(c["score"], c["site"], c["K"]) for c in m["single_cuts"]] == [
-            (s, 0, k) for s in ("cls-attention", "significance") for k in (20, 45)]
+        scores = ("cls-attention", "significance", "cumulative-significance")
+        assert set(m["search"]) == set(scores) and set(m["single_cut_gain_points"]) == set(scores[1:])
+        assert [(c["score"], c["site"], c["K"]) for c in m["single_cuts"]] == [(s, 1, k) for s in scores for k in (20, 45)]
         for s in m["search"].values():  # every pick fits its budget; the ceiling is at least as fast as the picks
             picks = [p for p in s["picks"] if p["pick"]]
             assert picks and all(p["pick"]["predicted_relative"] <= p["fraction"] / 100 + 1e-9 for p in picks)

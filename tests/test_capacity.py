@@ -278,7 +278,9 @@ CAPACITY_BANNED = {"NonZero", "TopK", "Greater", "GreaterOrEqual", "Less", "Less
 @pytest.mark.parametrize("config, caps, package, score", [("deit_tiny_distilled_patch16_224", [6, 2], False, "cls-attention"),
                                                          ("avg_pool", [None, 1], False, "cls-attention"),
                                                          ("vit_tiny_patch16_224", [5, 5], True, "cls-attention"),
-                                                         ("deit_tiny_distilled_patch16_224", [6, 2], False, "significance")])
+                                                         ("deit_tiny_distilled_patch16_224", [6, 2], False, "significance"),
+                                                         ("deit_tiny_distilled_patch16_224", [None, 2], False, "cumulative-significance"),
+                                                         ("vit_tiny_patch16_224", [5, 5], True, "cumulative-significance")])
 def test_capacity_onnx_export_is_float_only_and_matches(config, caps, package, score, tmp_path):
     vit = make_tiny_vit(global_pool="avg") if config == "avg_pool" else make_tiny_vit(config)
     pm = PrunableViT(vit)

@@ -89,15 +89,18 @@ def test_pruned_export_parity(pruned_export):
     assert (kept[:, 0] < NUM_PATCHES).all() and (kept[:, 1] == kept[:, 0]).all() and (kept[:, 2] <= kept[:, 1]).all()
 
 
-def test_threshold_export_with_significance_scores(tmp_path):
-    """``token_score="significance"`` (ATS token scoring) exports sort-free and matches PyTorch, kept counts included."""
+@pytest.mark.parametrize("score", ["significance", "cumulative-significance"])
+def test_threshold_export_with_significance_scores(tmp_path, score):
+    """``token_score="significance"`` (ATS token scoring), also averaged over the blocks since the previous selector
+    (``cumulative-significance``: block 2's selector averages blocks 1 and 2), exports sort-free and matches PyTorch,
+    kept counts included."""
     pm = PrunableViT(make_tiny_vit("deit_tiny_distilled_patch16_224", depth=3))
-    pm.token_score = "significance"
+    pm.token_score = score
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         s = pm.forward_with_info(x, want_scores=True).scores
     pm.set_thresholds([float(s[0].median()), None, float(s[2].median())])
-    path = tmp_path / "significance.onnx"
+    path = tmp_path / f"{score}.onnx"
     ops = audit_ops(export_pruned(pm, path))
     assert ops["NonZero"] == 2 and ops["Sqrt"] >= 2 and "TopK" not in ops and not (set(ops) & FORBIDDEN_OPS)
     report = check_parity(pm, path, ImageSet(images=x.numpy(), labels=None, name="random"))

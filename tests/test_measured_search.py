@@ -36,13 +36,18 @@ def thresholds_from_scores(model: PrunableViT, images: ImageSet, quantiles) -> l
     return [None if q is None else float(np.quantile(s.numpy(), q)) for s, q in zip(out.scores, quantiles)]
 
 
-@pytest.mark.parametrize("key", ["plain", "distilled", "avg_pool", "registers", "layerscale"])
+@pytest.mark.parametrize("key, score", [("plain", "cls-attention"), ("distilled", "cls-attention"), ("avg_pool", "cls-attention"),
+                                        ("registers", "cls-attention"), ("layerscale", "cls-attention"),
+                                        ("plain", "cumulative-significance"), ("avg_pool", "cumulative-significance"),
+                                        ("registers", "cumulative-significance")])
 @pytest.mark.parametrize("depth", [3])
-def test_batched_quality_equals_batch1_forward(key, depth):
+def test_batched_quality_equals_batch1_forward(key, score, depth):
     """Threshold and capacity mode: kept counts and predictions of the batched, masked evaluation
-    equal the deployed batch-1 forward (tokens really removed) image by image."""
+    equal the deployed batch-1 forward (tokens really removed) image by image; also with a score averaged over
+    the blocks since the previous selector (selectors after a block without one, after one with one)."""
     vit, _ = make_config(key, depth=depth)
     model = PrunableViT(vit)
+    model.token_score = score
     ims = image_set()
     ev = QualityEvaluator(model, ims, batch_size=10)  # uneven chunks on purpose
     ref = evaluate_pruned(model, ims).top1

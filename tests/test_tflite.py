@@ -92,12 +92,14 @@ def test_parity_with_pytorch(capacity_tflite, images):
     assert set(res.to_dict()) == {"runtime", "images", "max_abs_diff", "top1_agreement", "kept_match", "boundary_flips"}
 
 
-def test_significance_scores_convert_float_only_and_match(images, tmp_path):
-    """The ATS significance score (``token_score="significance"``) converts to float-only ops XNNPACK runs."""
+@pytest.mark.parametrize("score", ["significance", "cumulative-significance"])
+def test_significance_scores_convert_float_only_and_match(images, tmp_path, score):
+    """The ATS significance score (``token_score="significance"``), also averaged over the blocks before the selector
+    (``cumulative-significance``), converts to float-only ops XNNPACK runs."""
     pm = PrunableViT(make_tiny_vit())
-    pm.token_score = "significance"
+    pm.token_score = score
     pm.set_capacities(CAPS)
-    path = tmp_path / "significance.tflite"
+    path = tmp_path / f"{score}.tflite"
     ops = export_tflite(PrunedModelGraph(pm).eval(), (torch.zeros(1, 3, 32, 32),), path)
     bad = {k for k in ops if k in FORBIDDEN_TFLITE or k in NOT_FLOAT_ONLY or k.startswith(("CUSTOM", "FLEX"))}
     assert not bad, bad

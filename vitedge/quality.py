@@ -32,7 +32,7 @@ from timm.models.vision_transformer import Block
 
 from .data.digits import ImageSet
 from .models.adapter import PrunableViT
-from .models.pruning import rank_by_counting
+from .models.pruning import ACCUMULATED, rank_by_counting, window_mean
 from .schedule import capacity_selectors
 
 
@@ -83,7 +83,7 @@ class QualityEvaluator:
         self._tails: dict = {}  # (image, kept counts up to a schedule's last selector) -> (KL nats, top-1)
         self.evaluations = 0
         x = torch.from_numpy(images.images)
-        self._outputs, self._scores = [], []  # per block l of the unpruned model: its (D, N, C) output, (D, P) CLS scores
+        self._outputs, self._scores = [], []  # per block l of the unpruned model: its (D, N, C) output, (D, P) scores
         with torch.inference_mode():
             chunks = [self.model.embed(x[s:s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
             for blk in self.model.vit.blocks:
@@ -91,6 +91,9 @@ class QualityEvaluator:
                 chunks = [Block.forward(blk, c) for c in chunks]
                 self._outputs.append(torch.cat(chunks))
             logits = torch.cat([self.model.head(c) for c in chunks])
+        self.window = model.token_score in ACCUMULATED  # selectors average the score since the previous selector
+        if self.window:  # a first cut at block l averages blocks 0..l of the unpruned model
+            self._scores = [sum(self._scores[:l + 1]) / (l + 1) for l in range(len(self._scores))]
         self._ref_logp = F.log_softmax(logits, dim=-1)
         self.reference_top1 = logits.argmax(-1).numpy()
         self.unpruned_accuracy = None if self.labels is None else float((self.reference_top1 == self.labels).mean())
@@ -154,7 +157,8 @@ class QualityEvaluator:
             start, state = self._start((mode, values))
             with torch.inference_mode():
                 for l in range(start, last + 1):
-                    state = self._first_cut(l, mode, values[l]) if state is None else self._block(l, mode, values[l], *state)
+                    state = self._first_cut(l, mode, values[l]) if state is None else \
+                        self._block(l, mode, values[l], *state, track=self.window)
                     if l + 1 < L:
                         self._remember((mode, values[:l + 1]), state)
                 rows = self._tail(mode, max(start, last + 1), last, *state)
@@ -210,34 +214,46 @@ class QualityEvaluator:
         keep = self._keep(l, mode, value, self._scores[l], None)
         return self._regroup([self._outputs[l]], [keep], np.arange(D), np.full((l, D), P, np.int64))
 
-    def _block(self, l: int, mode: str, value, chunks: list, order: np.ndarray) -> tuple[list, np.ndarray]:
+    def _block(self, l: int, mode: str, value, chunks: list, order: np.ndarray, track: bool = False) -> tuple[list, np.ndarray]:
         """Block l on a state after block l - 1: (chunks, order) -> the same after block l.
 
-        chunks: [(tokens (B, n, C), valid (B, n) bool or None = all, kept (l, B) patch tokens leaving blocks < l)];
-        order: (D,) the image of each row of the chunks, in turn. The last block of a model whose head reads its
-        prefix tokens only outputs those (B, p, C)."""
+        chunks: [(tokens (B, n, C), valid (B, n) bool or None = all, kept (l, B) patch tokens leaving blocks < l,
+        history: the window's (score sum (B, n - p), blocks) since the previous selector or None)];
+        order: (D,) the image of each row of the chunks, in turn. ``track``: add this block's scores to the
+        history (an accumulated token score, :func:`~vitedge.models.pruning.window_mean`, with a selector at or
+        after block l). The last block of a model whose head reads its prefix tokens only outputs those (B, p, C)."""
         blk, p = self.model.vit.blocks[l], self.model.num_prefix
         prefix_head = l == self.model.depth - 1 and self.model.min_patch_tokens == 0
         out, keeps = [], []
-        for tokens, valid, kept in chunks:
+        for tokens, valid, kept, history in chunks:
             bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
             live = None if valid is None else valid[:, p:]
             if prefix_head:  # only the prefix tokens reach the head; the selector only counts
                 t, scores = blk.attention_part(tokens, key_bias=bias, queries=p)
+                if track:
+                    history = window_mean(history, scores)
+                    scores = history[0] / history[1]
                 keep = live if value is None else self._keep(l, mode, value, scores, live)
                 n = np.full(t.shape[0], scores.shape[1], np.int64) if keep is None else keep.sum(1).numpy()
-                out.append((blk.mlp_part(t), None, np.concatenate([kept, n[None]])))
+                out.append((blk.mlp_part(t), None, np.concatenate([kept, n[None]]), None))
             elif value is None:  # no selector: timm's own block (fused attention), padding masked as keys
-                t = Block.forward(blk, tokens, attn_mask=bias)
+                if track:  # the scores are summed for a later selector: the explicit attention, as deployed
+                    t, scores = blk.attention_part(tokens, key_bias=bias)
+                    t, history = blk.mlp_part(t), window_mean(history, scores)
+                else:
+                    t = Block.forward(blk, tokens, attn_mask=bias)
                 n = np.full(t.shape[0], t.shape[1] - p, np.int64) if valid is None else live.sum(1).numpy()
-                out.append((t, valid, np.concatenate([kept, n[None]])))
+                out.append((t, valid, np.concatenate([kept, n[None]]), history if track else None))
             else:
                 t, scores = blk.attention_part(tokens, key_bias=bias)
+                if track:
+                    history = window_mean(history, scores)
+                    scores = history[0] / history[1]
                 out.append(t)
                 keeps.append(self._keep(l, mode, value, scores, live))
         if not keeps:
             return out, order
-        return self._regroup(out, keeps, order, np.concatenate([k for *_, k in chunks], axis=1), blk)
+        return self._regroup(out, keeps, order, np.concatenate([c[2] for c in chunks], axis=1), blk)
 
     def _tail(self, mode: str, l0: int, last: int, chunks: list, order: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Blocks l0..L-1, none with a selector (the last one is at block ``last`` < l0), and the head, on a state
@@ -248,7 +264,7 @@ class QualityEvaluator:
         its KL and top-1 are kept by (image, counts) and the blocks run only for images not seen so far
         (a single cut at block l, e.g., shares every image whose count another cut at l, in either mode, gave)."""
         L, p = self.model.depth, self.model.num_prefix
-        kept = np.concatenate([k for *_, k in chunks], axis=1)
+        kept = np.concatenate([c[2] for c in chunks], axis=1)
         kept = np.concatenate([kept, np.repeat(kept[last:last + 1], L - l0, axis=0)])
         if l0 == L:
             return *self._outcome(chunks, order), kept
@@ -257,7 +273,7 @@ class QualityEvaluator:
         if miss:
             state = (chunks, order)
             if len(miss) < len(keys):
-                live = [torch.ones(t.shape[0], t.shape[1] - p, dtype=torch.bool) if v is None else v[:, p:] for t, v, _ in chunks]
+                live = [torch.ones(t.shape[0], t.shape[1] - p, dtype=torch.bool) if v is None else v[:, p:] for t, v, *_ in chunks]
                 state = self._regroup([t for t, *_ in chunks], live, order, kept[:l0 - 1], rows=np.array(miss))
             for l in range(l0, L):
                 state = self._block(l, mode, None, *state)
@@ -267,7 +283,7 @@ class QualityEvaluator:
     def _outcome(self, chunks: list, order: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The head on the chunks of a state after the last block: KL(unpruned || pruned) (R,) nats and top-1 (R,)
         per row (images ``order``)."""
-        logp = F.log_softmax(torch.cat([self._head(t, v) for t, v, _ in chunks]), dim=-1)
+        logp = F.log_softmax(torch.cat([self._head(t, v) for t, v, *_ in chunks]), dim=-1)
         ref = self._ref_logp[torch.from_numpy(order)]
         return (ref.exp() * (ref - logp)).sum(-1), logp.argmax(-1).numpy()
 
@@ -304,7 +320,7 @@ class QualityEvaluator:
                 idx = torch.from_numpy(rows[s:s + B])
                 x_c, keep_c = x.index_select(0, idx), keep.index_select(0, idx)
             t, valid = _compact(x_c, torch.cat([torch.ones(keep_c.shape[0], p, dtype=torch.bool), keep_c], 1))
-            chunks.append((t if blk is None else blk.mlp_part(t), None if bool(valid.all()) else valid, kept[:, s:s + B]))
+            chunks.append((t if blk is None else blk.mlp_part(t), None if bool(valid.all()) else valid, kept[:, s:s + B], None))
         return chunks, order[rows]
 
     def _head(self, tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

@@ -4,7 +4,9 @@ The scores themselves are computed in :data:`vitedge.models.pruning.TOKEN_SCORES
 """
 from __future__ import annotations
 
-NAMES = ("significance", "cls-attention")  # CLS attention x value norm (after ATS) | RCTP's and POMT's CLS attention
+#: significance averaged over the blocks since the previous selector | CLS attention x value norm (after ATS) |
+#: RCTP's and POMT's CLS attention
+NAMES = ("cumulative-significance", "significance", "cls-attention")
 DEFAULT = "significance"                   # measured to keep more accuracy (benchmarks/results/token_score.md)
 LEGACY = "cls-attention"                   # what a calibration or schedule without ``meta["token_score"]`` used
 

@@ -21,7 +21,8 @@ from torch import nn
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from ..schedule import capacity_selectors
-from .pruning import TOKEN_SCORES, capacity_select, gather_tokens, package_token, threshold_keep_indices
+from .pruning import (ACCUMULATED, TOKEN_SCORES, capacity_select, gather_tokens, package_token, threshold_keep_indices,
+                      window_mean)
 
 
 class UnsupportedModelError(ValueError):
@@ -119,8 +120,8 @@ class ForwardOutput:
 
     Attributes:
         logits: (B, classes).
-        scores: per block, (B, P_l) CLS-attention scores of the block's input patch tokens
-            (only when requested or needed for pruning, else None).
+        scores: per block, (B, P_l) scores of the block's input patch tokens, the ones its selector would use
+            (:attr:`PrunableViT.token_score`; only when requested or needed for pruning, else None).
         kept: per block, number of patch tokens leaving the block (after its selector), as a
             0-d int64 tensor (exported as a ReduceSum over ones; works in torch.onnx and torch.export).
     """
@@ -179,7 +180,9 @@ class PrunableViT(nn.Module):
 
     @property
     def token_score(self) -> str:
-        """How the selectors score patch tokens: "cls-attention" (RCTP §III-A) or "significance" (ATS token scoring).
+        """How the selectors score patch tokens: "cls-attention" (RCTP §III-A), "significance" (ATS token scoring)
+        or "cumulative-significance" (significance averaged over the blocks since the previous selector,
+        :func:`~vitedge.models.pruning.window_mean`).
 
         Raises ValueError (on set) for another name."""
         return self.vit.blocks[0].attn.token_score
@@ -322,13 +325,22 @@ class PrunableViT(nn.Module):
         static = True  # token counts are static until a threshold selector runs
         # K >= tokens present: the selector is the identity, compiled out (no cost)
         runs = capacity_selectors(self.capacities, self.num_patches, self.package_token)
+        selects = [t is not None or (k is not None and r) for t, k, r in zip(self.thresholds, self.capacities, runs)]
+        # an accumulated score sums every block's score from the previous selector to the next one (window_mean)
+        window = self.token_score in ACCUMULATED
+        history = None
         for i, blk in enumerate(self.vit.blocks):
             theta, cap = self.thresholds[i], (self.capacities[i] if runs[i] else None)
             mask = fisher_masks[i] if fisher_masks is not None else None
-            if theta is None and cap is None and mask is None and not want_scores:
+            if theta is None and cap is None and mask is None and not want_scores and not (window and any(selects[i:])):
                 tokens, scores = Block.forward(blk, tokens), None
             else:
                 tokens, scores = blk.attention_part(tokens, mask)
+                if window:
+                    history = window_mean(history, scores)
+                    scores = history[0] / history[1]
+                    if selects[i]:
+                        history = None  # the next window starts on the kept tokens
                 if theta is not None:
                     tokens = blk.select(tokens, scores, theta, package=self.package_token)
                     static = False
