@@ -46,6 +46,7 @@ CASES = {
     "accuracy_drop": (["--quick"], ["accuracy_drop.json", "accuracy_drop.md", "accuracy_drop.png"]),
     "selection_rule": (["--quick"], ["selection_rule.json", "selection_rule.md", "selection_rule.png"]),
     "token_score": (["--quick"], ["token_score.json", "token_score.md", "token_score.png"]),
+    "search_knobs": (["--quick"], ["search_knobs.json", "search_knobs.md", "search_knobs.png"]),
     "threshold_criteria": (["--quick"], ["threshold_criteria.json", "threshold_criteria.md", "threshold_criteria.png"]),
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
     "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
@@ -215,6 +216,14 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
             if r["vitedge kl"] and r["vitedge top1"]:  # each ranking's pick is its own best on calibration
                 assert r["vitedge kl"]["calib_kl"] <= r["vitedge top1"]["calib_kl"] or r["vitedge top1"]["family"] == "refined"
         assert set(m["mean_test_top1"]) == {"vitedge kl", "vitedge top1", "pomt", "constant"}
+    if script == "search_knobs":
+        m = results[0]["models"][0]
+        assert [(x["images"], x["grid"], x["refine"]) for x in m["settings"]] == [(32, 4, 1), (16, 4, 0)]
+        for x in m["settings"]:  # every pick fits its budget; the mean is over the answered budgets
+            answered = [p for p in x["picks"] if p["pick"]]
+            assert answered and all(p["pick"]["predicted_relative"] <= p["fraction"] / 100 + 1e-9 for p in answered)
+            tops = [p["pick"]["test_top1"] for p in answered]
+            assert x["mean_test_top1"] == pytest.approx(sum(tops) / len(tops)) and x["schedules"] > 0
     if script == "token_score":
         m = results[0]["models"][0]
         scores = ("cls-attention", "significance", "cumulative-significance")
