@@ -79,12 +79,16 @@ def profile_options(args) -> dict:
 DIGIT_MODELS = {"shipped": None, "seed1": str(Path(__file__).resolve().parent / "models" / "digits-vit-seed1" / "model.safetensors")}
 
 
-def selection_parser(doc: str, quick: str):
+def selection_parser(doc: str, quick: str, *, budgets: bool = False):
     """argparse parser of a selection study: --models, --threads, --calib-limit, --test-limit, --quick (``quick``: its
-    help), --out; the script adds its own sweep."""
+    help), --out, and with ``budgets`` --fractions (budgets, % of the predicted unpruned latency, default 45-97.5 in
+    steps of 2.5); the script adds its own sweep."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if budgets:
+        ap.add_argument("--fractions", nargs="+", type=float, default=list(np.arange(45, 98, 2.5)),
+                        help="budgets, %% of the predicted unpruned latency")
     ap.add_argument("--models", nargs="+", default=list(DIGIT_MODELS), choices=list(DIGIT_MODELS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calib-limit", type=int, default=None)
@@ -92,6 +96,11 @@ def selection_parser(doc: str, quick: str):
     ap.add_argument("--quick", action="store_true", help=quick)
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap
+
+
+def study_header(env: dict) -> str:
+    """The first sentence of a selection study's report: its command, torch, and how busy the machine was."""
+    return f"Command: `{env['command']}`; torch {env['torch']}, load average at the end {env['load_average_1_5_15min']}. "
 
 
 def run_selection_study(name: str, args, run_model, markdown, plot) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser
+from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser, study_header
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -60,7 +60,7 @@ def run_model(name: str, ckpt, args, cache: Path) -> dict:
 def markdown(data: dict) -> str:
     env = data["environment"]
     lines = ["# `--max-accuracy-drop D`: test drop of the shipped pick, own bound vs pooled bound", "",
-             f"Command: `{env['command']}`; torch {env['torch']}, load average at the end {env['load_average_1_5_15min']}. "
+             study_header(env) +
              "ONNX, `--mode auto`, calibration: the 200 calibration digits; test: the 600 held-out test digits. "
              "Latency is the table's prediction / its unpruned prediction (selection only, nothing timed).", ""]
     for m in data["models"]:

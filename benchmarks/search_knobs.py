@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser
+from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser, study_header
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -73,7 +73,7 @@ def run_model(name: str, ckpt, args, cache: Path) -> dict:
 def markdown(data: dict) -> str:
     env = data["environment"]
     lines = ["# The measured search's knobs: calibration images (N), grid (G), refinement rounds (R)", "",
-             f"Command: `{env['command']}`; torch {env['torch']}, load average at the end {env['load_average_1_5_15min']}. "
+             study_header(env) +
              "ONNX, `--mode auto`, the default token score and ranking; one latency table per model shared by every "
              "setting; test: held-out test digits (600 unless the model's heading says otherwise). Budgets and latency: the table's prediction / its unpruned "
              "prediction (selection only, nothing timed). Each cell: test top-1 % of the search's pick. Seconds: time "
@@ -107,9 +107,7 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = selection_parser(__doc__, "smoke: shipped model, 2 settings (32 and 16 images, grid 4), 3 budgets, 64 test images")
-    ap.add_argument("--fractions", nargs="+", type=float, default=list(np.arange(45, 98, 2.5)),
-                    help="budgets, %% of the predicted unpruned latency")
+    ap = selection_parser(__doc__, "smoke: shipped model, 2 settings (32 and 16 images, grid 4), 3 budgets, 64 test images", budgets=True)
     args = ap.parse_args(argv)
     args.settings = SETTINGS
     if args.quick:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser
+from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser, study_header
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -92,7 +92,7 @@ def search_space_ceiling(searches: dict, test: QualityEvaluator, full: float, ro
 def markdown(data: dict) -> str:
     env = data["environment"]
     lines = ["# Ranking the measured candidates: KL divergence vs top-1", "",
-             f"Command: `{env['command']}`; torch {env['torch']}, load average at the end {env['load_average_1_5_15min']}. "
+             study_header(env) +
              "ONNX, `--mode auto`; calibration: the 200 calibration digits (labelled, so `top1` is the calibration accuracy); "
              "test: the 600 held-out test digits. Budget and latency: the table's prediction / its unpruned prediction "
              "(selection only, nothing timed). Baselines: the member of best calibration accuracy that fits (POMT's rule), "
@@ -141,9 +141,7 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = selection_parser(__doc__, "smoke: shipped model, 3 budgets, 32 calibration / 64 test images, grid 4")
-    ap.add_argument("--fractions", nargs="+", type=float, default=list(np.arange(45, 98, 2.5)),
-                    help="budgets, %% of the predicted unpruned latency")
+    ap = selection_parser(__doc__, "smoke: shipped model, 3 budgets, 32 calibration / 64 test images, grid 4", budgets=True)
     ap.add_argument("--search-grid", type=int, default=None, help="candidates per block (default: the search's, 24)")
     ap.add_argument("--search-refine", type=int, default=None, help="refinement rounds per budget (default: the search's, 2)")
     ap.add_argument("--name", default=None, help="results suffix (selection_rule_NAME)")

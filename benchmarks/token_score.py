@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser
+from _common import md_table, plot_per_model, profile_options, run_selection_study, selection_parser, study_header
 from vitedge.context import Context, Options
 from vitedge.data.digits import digits_split
 from vitedge.pipeline import make_search
@@ -94,7 +94,7 @@ def markdown(data: dict) -> str:
     env = data["environment"]
     ref = SCORES[0]
     lines = ["# Token score: CLS attention (RCTP, POMT) vs ATS significance vs significance averaged over blocks", "",
-             f"Command: `{env['command']}`; torch {env['torch']}, load average at the end {env['load_average_1_5_15min']}. "
+             study_header(env) +
              "ONNX, `--mode auto`; calibration: the 200 calibration digits; test: the 600 held-out test digits. Budgets and "
              "latency: the table's prediction / its unpruned prediction (one table per model, profiled with the default "
              "score; selection only, nothing timed).", ""]
@@ -143,9 +143,7 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = selection_parser(__doc__, "smoke: shipped model, 3 budgets, 32 calibration / 64 test images, grid 4, 2 cuts")
-    ap.add_argument("--fractions", nargs="+", type=float, default=list(np.arange(45, 98, 2.5)),
-                    help="budgets, %% of the predicted unpruned latency")
+    ap = selection_parser(__doc__, "smoke: shipped model, 3 budgets, 32 calibration / 64 test images, grid 4, 2 cuts", budgets=True)
     args = ap.parse_args(argv)
     args.knobs, args.sites, args.ks = {}, list(SITES), list(KS)
     if args.quick:
