@@ -231,15 +231,14 @@ class QualityEvaluator:
             if prefix_head:  # only the prefix tokens reach the head; the selector only counts
                 t, scores = blk.attention_part(tokens, key_bias=bias, queries=p)
                 if track:
-                    history = window_mean(history, scores)
-                    scores = history[0] / history[1]
+                    history, scores = window_mean(history, scores)
                 keep = live if value is None else self._keep(l, mode, value, scores, live)
                 n = np.full(t.shape[0], scores.shape[1], np.int64) if keep is None else keep.sum(1).numpy()
                 out.append((blk.mlp_part(t), None, np.concatenate([kept, n[None]]), None))
             elif value is None:  # no selector: timm's own block (fused attention), padding masked as keys
                 if track:  # the scores are summed for a later selector: the explicit attention, as deployed
                     t, scores = blk.attention_part(tokens, key_bias=bias)
-                    t, history = blk.mlp_part(t), window_mean(history, scores)
+                    t, (history, _) = blk.mlp_part(t), window_mean(history, scores)
                 else:
                     t = Block.forward(blk, tokens, attn_mask=bias)
                 n = np.full(t.shape[0], t.shape[1] - p, np.int64) if valid is None else live.sum(1).numpy()
@@ -247,8 +246,7 @@ class QualityEvaluator:
             else:
                 t, scores = blk.attention_part(tokens, key_bias=bias)
                 if track:
-                    history = window_mean(history, scores)
-                    scores = history[0] / history[1]
+                    history, scores = window_mean(history, scores)
                 out.append(t)
                 keeps.append(self._keep(l, mode, value, scores, live))
         if not keeps:

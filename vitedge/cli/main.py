@@ -135,7 +135,8 @@ def model_options(fn):
         click.option("--token-score", type=click.Choice(token_scores.NAMES), default=token_scores.DEFAULT,
                      show_default=True,
                      help="how selectors rank patch tokens: significance (CLS attention x value norm, ATS token scoring; measured "
-                          "to keep more accuracy) or cls-attention (RCTP's and POMT's head-averaged CLS attention)."),
+                          "to keep more accuracy), cls-attention (RCTP's and POMT's head-averaged CLS attention) or "
+                          "cumulative-significance (significance averaged over the blocks since the previous selector)."),
         click.option("--tokens-step", type=click.IntRange(min=1), default=None,
                      help="static-shape runtimes (LiteRT): profile every k-th token count (default: ~33 points)."),
     ]

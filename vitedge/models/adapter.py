@@ -337,8 +337,7 @@ class PrunableViT(nn.Module):
             else:
                 tokens, scores = blk.attention_part(tokens, mask)
                 if window:
-                    history = window_mean(history, scores)
-                    scores = history[0] / history[1]
+                    history, scores = window_mean(history, scores)
                     if selects[i]:
                         history = None  # the next window starts on the kept tokens
                 if theta is not None:

@@ -58,7 +58,7 @@ TOKEN_SCORES = {
 ACCUMULATED = frozenset({"cumulative-significance"})
 
 
-def window_mean(history: tuple[torch.Tensor, int] | None, scores: torch.Tensor) -> tuple[torch.Tensor, int]:
+def window_mean(history: tuple[torch.Tensor, int] | None, scores: torch.Tensor) -> tuple[tuple[torch.Tensor, int], torch.Tensor]:
     """Add one block's scores to the running sum of the blocks since the previous selector (vitedge's).
 
     A selector at block l with an accumulated score (:data:`ACCUMULATED`) ranks patch tokens by the mean of
@@ -75,9 +75,12 @@ def window_mean(history: tuple[torch.Tensor, int] | None, scores: torch.Tensor) 
         scores: (B, P) this block's scores.
 
     Returns:
-        (sum (B, P), blocks) including this block; the selector's score is ``sum / blocks``.
+        ((sum (B, P), blocks) including this block, the window's mean (B, P): a selector's score here).
     """
-    return (scores, 1) if history is None else (history[0] + scores, history[1] + 1)
+    if history is None:
+        return (scores, 1), scores  # a one-block window: its own score, no Div in the graph
+    total, blocks = history[0] + scores, history[1] + 1
+    return (total, blocks), total / blocks
 
 
 def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor, num_prefix: int,
