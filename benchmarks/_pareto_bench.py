@@ -37,10 +37,11 @@ class Cand:
     capacities: list | None = None
     info: dict = field(default_factory=dict)
     token_score: str = "cls-attention"  # the baselines' (RCTP, POMT) score; vitedge's schedules carry theirs
+    package_token: bool = False         # the baselines drop the pruned tokens; vitedge's schedules carry theirs
 
     @property
     def key(self) -> tuple:
-        return (self.mode, tuple(self.thresholds or ()), tuple(self.capacities or ()), self.token_score)
+        return (self.mode, tuple(self.thresholds or ()), tuple(self.capacities or ()), self.token_score, self.package_token)
 
     @property
     def selectors(self) -> list[bool]:
@@ -49,7 +50,7 @@ class Cand:
                 for l in range(L)]
 
     def apply(self, model) -> None:
-        model.token_score = self.token_score
+        model.token_score, model.package_token = self.token_score, self.package_token
         if self.mode == "capacity":
             model.set_capacities(self.capacities)
         else:
@@ -61,7 +62,7 @@ def from_schedule(method: str, param: float, s) -> Cand:
                 list(s.capacities) if s.mode == "capacity" else None,
                 {"budget": float(param), "unit": s.unit, "search_predicted": s.predicted, "fisher_loss": s.fisher_loss,
                  "candidates": list(s.candidates), "predicted_kept": list(s.predicted_kept)},
-                s.meta.get("token_score") or "cls-attention")
+                s.meta.get("token_score") or "cls-attention", bool(s.meta.get("package_token")))
 
 
 def topk_cand(P: int, L: int, r: float) -> Cand:
@@ -212,7 +213,7 @@ class RuntimeBench:
         if a is not None:
             return a
         model = self.ctx.model
-        score = model.token_score  # restored after the export (a sweep may be scoring as vitedge does)
+        score, package = model.token_score, model.package_token  # restored after the export (a sweep may prune as vitedge does)
         path = self.work / f"{self.runtime}_{len(self.artifacts):03d}_{cand.method}{self.art.suffix}"
         t0 = time.time()
         try:
@@ -223,7 +224,7 @@ class RuntimeBench:
                 self.art.export(model, path)
         finally:
             model.set_thresholds([None] * model.depth)
-            model.token_score = score
+            model.token_score, model.package_token = score, package
         export_s = time.time() - t0
         a = {"path": path, "name": path.stem, "export_s": export_s, **self.evaluate(path)}
         a["selectors"] = cand.selectors if cand.mode != "unpruned" else [False] * model.depth

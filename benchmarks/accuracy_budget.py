@@ -53,9 +53,9 @@ def log(msg: str) -> None:
 
 
 def baselines(ctx: Context, table, work: Path, test, args) -> dict:
-    """Export and measure every member of the baseline families, their tokens scored by CLS attention as in their
-    papers (RCTP, POMT); accuracy from the batched evaluator."""
-    with ctx.model.pruning(token_score="cls-attention"):
+    """Export and measure every member of the baseline families, their tokens scored by CLS attention and the pruned
+    tokens dropped (no package token), as in their papers (RCTP, POMT); accuracy from the batched evaluator."""
+    with ctx.model.pruning(token_score="cls-attention", package_token=False):
         return _baselines(ctx, ctx.calibration(), table, work, QualityEvaluator(ctx.model, test),
                           QualityEvaluator(ctx.model, ctx.images), args)
 

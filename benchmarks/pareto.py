@@ -126,7 +126,7 @@ def run_reference(args, work: Path) -> dict:
     test = reference_test(args)
     # the baselines score tokens as their papers do (CLS attention); vitedge's sweeps switch to its default score
     ctx = make_ctx(args, work, format="onnx", calib_limit=args.calib_limit, tokens_step=args.tokens_step,
-                   token_score="cls-attention")
+                   token_score="cls-attention", package_token=False)
     model, P, L = ctx.model, ctx.model.num_patches, ctx.model.depth
     log(f"reference model {model.model_name} ({'trained weights' if args.checkpoint is None else args.checkpoint}), "
         f"test {test.name}: {len(test)} images; calibration {ctx.images.name}: {len(ctx.images)} images")
@@ -161,7 +161,8 @@ def run_reference(args, work: Path) -> dict:
     for runtime in args.runtimes:
         t_rt = time.time()
         rctx = ctx if runtime == "onnxruntime" else make_ctx(args, work, format="tflite", mode="capacity", calib_limit=args.calib_limit,
-                                                                 tokens_step=args.tokens_step, token_score="cls-attention")
+                                                                 tokens_step=args.tokens_step, token_score="cls-attention",
+                                                                 package_token=False)
         table = rctx.latency_table()
         rdir = work / runtime
         rdir.mkdir(exist_ok=True)
@@ -181,14 +182,15 @@ def run_reference(args, work: Path) -> dict:
             bench.sweep("fisher_threshold", viterbi_maker("fisher_threshold", lt), viterbi_params(lt, args.points), target, args.refine, table)
         lc = Planner(cal, "latency", table, mode="capacity", min_patch_tokens=model.min_patch_tokens)
         bench.sweep("fisher_capacity", viterbi_maker("fisher_capacity", lc), viterbi_params(lc, args.points), target, args.refine, table)
-        with model.pruning(token_score=args.token_score), rctx.model.pruning(token_score=args.token_score):
+        vitedge = {"token_score": args.token_score, "package_token": args.package_token}  # its defaults
+        with model.pruning(**vitedge), rctx.model.pruning(**vitedge):
             cal_v = ctx.calibration()  # scored as vitedge scores (its default: significance)
             if runtime == "onnxruntime":
-                mt = MeasuredSearch(Planner(cal_v, "latency", table, mode="threshold", min_patch_tokens=model.min_patch_tokens),
-                                    QualityEvaluator(model, ctx.images))
+                mt = MeasuredSearch(Planner(cal_v, "latency", table, mode="threshold", min_patch_tokens=model.min_patch_tokens,
+                                            package_token=args.package_token), QualityEvaluator(model, ctx.images))
                 bench.sweep("vitedge_threshold", viterbi_maker("vitedge_threshold", mt), measured_params(mt, args.points), target, args.refine, table)
-            mc = MeasuredSearch(Planner(cal_v, "latency", table, mode="capacity", min_patch_tokens=model.min_patch_tokens),
-                                QualityEvaluator(model, rctx.images))
+            mc = MeasuredSearch(Planner(cal_v, "latency", table, mode="capacity", min_patch_tokens=model.min_patch_tokens,
+                                        package_token=args.package_token), QualityEvaluator(model, rctx.images))
             bench.sweep("vitedge_capacity", viterbi_maker("vitedge_capacity", mc), measured_params(mc, args.points), target, args.refine, table)
         grid = pomt.grid(table)
         edges, bands = pomt_params(grid, args.points)
@@ -398,6 +400,8 @@ def main(argv=None) -> None:
     p.add_argument("--no-ablation", action="store_true", help="skip the RCTP importance ablation")
     p.add_argument("--token-score", choices=["significance", "cls-attention"], default="significance",
                    help="vitedge's token score (the baselines keep their papers' CLS attention)")
+    p.add_argument("--package-token", action=argparse.BooleanOptionalAction, default=True,
+                   help="vitedge's sweeps with the package token (its default); the baselines and --objective fisher drop the pruned tokens")
     p.add_argument("--large", action=argparse.BooleanOptionalAction, default=None, help="larger models, latency only (default: on; off with --quick)")
     p.add_argument("--large-models", nargs="+", default=LARGE_MODELS)
     p.add_argument("--large-calib-limit", type=int, default=16)

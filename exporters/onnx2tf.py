@@ -91,7 +91,7 @@ def prepare_onnx(src, dst) -> int:
     for n in model.graph.node:
         for name in n.input:
             uses[name] = uses.get(name, 0) + 1
-    clamped = 0
+    clamped, made = 0, set()
     for node in model.graph.node:
         if node.op_type != "Slice":
             continue
@@ -114,8 +114,10 @@ def prepare_onnx(src, dst) -> int:
                 continue
             clamped += changed
             new_name = f"{name}__int32_clamped"
-            if uses.get(name, 0) > 1:  # shared: give this Slice its own copy
-                model.graph.initializer.append(numpy_helper.from_array(fixed, new_name))
+            if uses.get(name, 0) > 1:  # shared: the Slices read one clamped copy (made once), other users the original
+                if new_name not in made:
+                    model.graph.initializer.append(numpy_helper.from_array(fixed, new_name))
+                    made.add(new_name)
                 node.input[pos] = new_name
             else:
                 tensor.CopyFrom(numpy_helper.from_array(fixed, tensor.name))

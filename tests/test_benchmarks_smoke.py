@@ -47,6 +47,7 @@ CASES = {
     "selection_rule": (["--quick"], ["selection_rule.json", "selection_rule.md", "selection_rule.png"]),
     "token_score": (["--quick"], ["token_score.json", "token_score.md", "token_score.png"]),
     "search_knobs": (["--quick"], ["search_knobs.json", "search_knobs.md", "search_knobs.png"]),
+    "package_token": (["--quick"], ["package_token.json", "package_token.md", "package_token.png"]),
     "threshold_criteria": (["--quick"], ["threshold_criteria.json", "threshold_criteria.md", "threshold_criteria.png"]),
     "precision": (["--quick", "--skip-vit-small", "--skip-tflite"], ["precision.json", "precision.md", "precision.png"]),
     "precision_ops": (["--quick"], ["precision_ops.json", "precision_ops.md"]),
@@ -234,6 +235,14 @@ def test_benchmark_script_smoke(script, tmp_path, cache):
             assert picks and all(p["pick"]["predicted_relative"] <= p["fraction"] / 100 + 1e-9 for p in picks)
             if s["fastest_pick_within_1_point"] is not None:
                 assert s["ceiling_fastest_within_1_point"] <= s["fastest_pick_within_1_point"] + 1e-9
+    if script == "package_token":
+        m = results[0]["models"][0]
+        variants = ("pruned tokens dropped", "package token")
+        assert set(m["search"]) == set(variants) and set(m["single_cut_gain_points"]) == {"package token"}
+        assert [(c["variant"], c["site"], c["K"]) for c in m["single_cuts"]] == [(v, 1, k) for v in variants for k in (20, 45)]
+        for s in m["search"].values():  # every pick fits its budget (the package token counted in its prediction)
+            picks = [p for p in s["picks"] if p["pick"]]
+            assert picks and all(p["pick"]["predicted_relative"] <= p["fraction"] / 100 + 1e-9 for p in picks)
     if script == "threshold_criteria":
         for m in results[0]["models"]:
             assert [(r["site"], r["target_kept"]) for r in m["rows"]] == [(0, 20), (0, 45), (1, 20), (1, 45)]

@@ -248,25 +248,17 @@ def test_avg_pool_head_needs_one_patch_token():
 
 
 def test_package_token_with_capacities(fresh):
-    """SPViT eq. (8): one more token, the score-weighted mean of the pruned ones, in capacity mode too."""
-    g = torch.Generator().manual_seed(8)
-    p, n, C, K = 1, 7, 3, 3
-    x = torch.randn(2, p + n, C, generator=g)
-    s = torch.rand(2, n, generator=g)
-    out = capacity_select(x, s, K, p, package=True)
-    assert out.shape == (2, p + K + 1, C)
-    assert torch.equal(out[:, :p + K], capacity_select(x, s, K, p))
-    for b in range(2):
-        pruned = torch.topk(s[b], n - K, largest=False).indices
-        w = s[b, pruned]
-        torch.testing.assert_close(out[b, -1], (w[:, None] * x[b, p + pruned]).sum(0) / w.sum(), atol=1e-6, rtol=1e-5)
-    assert capacity_select(x, s, n, p, package=True)[:, -1].abs().max() == 0   # nothing pruned: a zero token
+    """One more token after the first selector, never ranked (test_package_token.py checks its values)."""
     pm, imgs = fresh
     pm.package_token = True
     pm.set_capacities([9, None, 3])
     with torch.no_grad():
         info = pm.forward_with_info(imgs)
     assert [int(k) for k in info.kept] == [10, 10, 4] and torch.isfinite(info.logits).all()
+    pm.set_capacities([9, 9, 3])                                        # K_1 = K_0: still compiled out
+    with torch.no_grad():
+        again = pm.forward_with_info(imgs)
+    torch.testing.assert_close(again.logits, info.logits, atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------------ ONNX export
@@ -316,9 +308,9 @@ def test_repeated_capacity_is_compiled_out(tmp_path):
         b = pm.forward_with_info(x)
     assert [int(k) for k in a.kept] == [5, 5, 5]
     torch.testing.assert_close(a.logits, b.logits, atol=0, rtol=0)
-    pm.package_token = True                                             # the package token keeps every selector
-    pm.set_capacities([5, 5, 5])
-    assert audit_ops(export_pruned(pm, tmp_path / "pkg.onnx"))["Ceil"] == 3 * once["Ceil"]
+    pm.package_token = True                                             # the package token is never ranked:
+    pm.set_capacities([5, 5, 5])                                        # still one selector
+    assert audit_ops(export_pruned(pm, tmp_path / "pkg.onnx"))["Ceil"] == once["Ceil"]
 
 def test_k0_equal_to_p_is_one_rule_everywhere(tmp_path):
     """K_0 = P (and a K above the tokens present) prunes nothing: the adapter, Schedule.selectors, the
@@ -328,13 +320,12 @@ def test_k0_equal_to_p_is_one_rule_everywhere(tmp_path):
     from vitedge.schedule import capacity_selectors
 
     assert capacity_selectors([P, 5, 5, 8, 3, None], P) == [False, True, False, False, True, False]
-    assert capacity_selectors([P, 5, 5, 8, None], P, package_token=True) == [True, True, True, True, False]
     s = Schedule(mode="capacity", candidates=[1, 2, 2], thresholds=[None] * 3, capacities=[P, 5, 5], budget=1.0,
                  unit="ms", cost_model="latency", predicted=1.0, predicted_kept=[P, 5, 5], fisher_loss=0.0,
                  meta={"num_patches": P})
     assert s.selectors == [False, True, False]
     s.meta["package_token"] = True
-    assert s.selectors == [True, True, True]
+    assert s.selectors == [False, True, False]
     pm = PrunableViT(make_tiny_vit(depth=3))
     pm.set_capacities([5, 5, 5])
     once = audit_ops(export_pruned(pm, tmp_path / "once.onnx"))

@@ -36,18 +36,23 @@ def thresholds_from_scores(model: PrunableViT, images: ImageSet, quantiles) -> l
     return [None if q is None else float(np.quantile(s.numpy(), q)) for s, q in zip(out.scores, quantiles)]
 
 
-@pytest.mark.parametrize("key, score", [("plain", "cls-attention"), ("distilled", "cls-attention"), ("avg_pool", "cls-attention"),
-                                        ("registers", "cls-attention"), ("layerscale", "cls-attention"),
-                                        ("plain", "cumulative-significance"), ("avg_pool", "cumulative-significance"),
-                                        ("registers", "cumulative-significance")])
+@pytest.mark.parametrize("key, score, package", [
+    ("plain", "cls-attention", False), ("distilled", "cls-attention", False), ("avg_pool", "cls-attention", False),
+    ("registers", "cls-attention", False), ("layerscale", "cls-attention", False),
+    ("plain", "cumulative-significance", False), ("avg_pool", "cumulative-significance", False),
+    ("registers", "cumulative-significance", False),
+    ("plain", "cls-attention", True), ("distilled", "significance", True), ("avg_pool", "significance", True),
+    ("registers", "cumulative-significance", True)])
 @pytest.mark.parametrize("depth", [3])
-def test_batched_quality_equals_batch1_forward(key, score, depth):
+def test_batched_quality_equals_batch1_forward(key, score, package, depth):
     """Threshold and capacity mode: kept counts and predictions of the batched, masked evaluation
     equal the deployed batch-1 forward (tokens really removed) image by image; also with a score averaged over
-    the blocks since the previous selector (selectors after a block without one, after one with one)."""
+    the blocks since the previous selector (selectors after a block without one, after one with one), and with
+    the package token (merged, sized, its attention bias under padding)."""
     vit, _ = make_config(key, depth=depth)
     model = PrunableViT(vit)
     model.token_score = score
+    model.package_token = package
     ims = image_set()
     ev = QualityEvaluator(model, ims, batch_size=10)  # uneven chunks on purpose
     ref = evaluate_pruned(model, ims).top1
@@ -115,9 +120,6 @@ def test_quality_metrics_and_cache():
         ev.evaluate("capacity", [2, 1])
     with pytest.raises(ValueError, match="unknown mode"):
         ev.evaluate("topk", [2, 1, 1])
-    model.package_token = True
-    with pytest.raises(NotImplementedError, match="objective fisher"):
-        QualityEvaluator(model, ims)
 
 
 @pytest.fixture(scope="module")

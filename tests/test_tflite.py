@@ -108,6 +108,21 @@ def test_significance_scores_convert_float_only_and_match(images, tmp_path, scor
     assert res.max_abs_diff < 1e-4 and res.kept_match == 1.0 and res.top1_agreement == 1.0
 
 
+def test_package_token_converts_float_only_and_matches(images, tmp_path):
+    """The package token (sized, its attention bias a constant in capacity mode) converts to float-only ops that
+    XNNPACK runs, and matches PyTorch; depth 3 so that blocks after the first selector carry the bias."""
+    pm = PrunableViT(make_tiny_vit(depth=3))
+    pm.package_token = True
+    pm.set_capacities([8, None, 4])
+    path = tmp_path / "package.tflite"
+    ops = export_tflite(PrunedModelGraph(pm).eval(), (torch.zeros(1, 3, 32, 32),), path)
+    bad = {k for k in ops if k in FORBIDDEN_TFLITE or k in NOT_FLOAT_ONLY or k.startswith(("CUSTOM", "FLEX"))}
+    assert not bad and "LOG" not in ops, bad
+    assert xnnpack_delegation(path).all_delegated
+    res = check_parity_tflite(pm, path, images)
+    assert res.max_abs_diff < 1e-4 and res.kept_match == 1.0 and res.top1_agreement == 1.0
+
+
 def test_parity_detects_other_capacities(capacity_tflite, images):
     pm, path, _ = capacity_tflite
     try:

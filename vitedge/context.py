@@ -56,7 +56,7 @@ class Options:
     format: str | None = None        # "onnx" | "tflite"; default: the device runtime's format
     tflite_converter: str = "litert-torch"  # "litert-torch" (static shapes) | "onnx2tf" (threshold mode)
     tokens_step: int | None = None   # token-count grid of static-shape profiles (LiteRT)
-    package_token: bool = False      # SPViT eq. (8): pruned tokens averaged into one extra token
+    package_token: bool = True       # SPViT eq. (8) + ToMe's proportional attention: pruned tokens merged into one sized token
     token_score: str = token_scores.DEFAULT  # how selectors score patch tokens (vitedge.token_score.NAMES)
     cache_dir: str | None = None
     use_cache: bool = True

@@ -43,8 +43,7 @@ class AccuracyBudgetError(ValueError):
 
 def make_search(ctx: Context, cal, table, *, log=print):
     """The search that answers budgets: :class:`MeasuredSearch` (``ctx.opts.objective == "measured"``,
-    the default) or RCTP's Fisher :class:`Planner` (``"fisher"``, and for the package token, which the
-    measured objective does not model). Returns (search, evaluator or None)."""
+    the default) or RCTP's Fisher :class:`Planner` (``"fisher"``). Returns (search, evaluator)."""
     from .quality import QualityEvaluator
 
     model, o = ctx.model, ctx.opts
@@ -53,14 +52,10 @@ def make_search(ctx: Context, cal, table, *, log=print):
         return Planner(cal, "latency", table, mode=mode, min_patch_tokens=model.min_patch_tokens,
                        package_token=model.package_token)
 
-    if model.package_token:
-        if o.objective == "measured":
-            log("note: the package token is searched with RCTP's Fisher objective (the measured objective does not model it)")
-        return planner(ctx.mode), None
     modes = ctx.search_modes if o.objective == "measured" else (ctx.mode,)
     modes = tuple(m for m in modes if table.has_part(SELECTOR_PART[m])) or (ctx.mode,)
     key = (cal.meta.get("model_hash"), cal.meta.get("image_set_hash"), cal.meta.get("token_score"), table.meta.get("created"), repr(table.device),
-           modes, o.objective, o.select_by, tuple(sorted(o.search_knobs.items())), o.search_seconds)
+           modes, o.objective, o.select_by, model.package_token, tuple(sorted(o.search_knobs.items())), o.search_seconds)
     cached = ctx.searches.get(key)
     if cached is not None:  # one sweep of budgets on one context reuses every evaluated schedule
         return cached
@@ -147,7 +142,7 @@ def pick_for_accuracy(search, budget_ms: float | None, max_drop: float) -> Sched
             drop at the budget).
     """
     if not isinstance(search, MeasuredSearch):
-        raise ValueError("--max-accuracy-drop needs the measured objective: drop --objective fisher (and --package-token)")
+        raise ValueError("--max-accuracy-drop needs the measured objective: drop --objective fisher")
     fast = search.fastest_within(max_drop)
     if budget_ms is None:
         return search.schedule(fast, fast.predicted_ms)

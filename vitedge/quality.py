@@ -32,7 +32,7 @@ from timm.models.vision_transformer import Block
 
 from .data.digits import ImageSet
 from .models.adapter import PrunableViT
-from .models.pruning import ACCUMULATED, rank_by_counting, window_mean
+from .models.pruning import ACCUMULATED, package_key_bias, package_merge, rank_by_counting, window_mean
 from .schedule import capacity_selectors
 
 
@@ -67,14 +67,14 @@ class QualityEvaluator:
         batch_size: images per forward (memory: batch x heads x N^2 attention floats).
         cache_mb: bound of the prefix-state cache (MiB), beyond the unpruned block inputs.
 
-    Raises:
-        NotImplementedError: the model carries the package token (SPViT eq. (8)); use the Fisher objective.
+    With the package token (``model.package_token``, read once here) it sits at column p of every state after
+    the first selector (as deployed), its size P - (live patch tokens) gives its attention bias, and every
+    selector merges its pruned tokens into it (:func:`~vitedge.models.pruning.package_merge`).
     """
 
     def __init__(self, model: PrunableViT, images: ImageSet, *, batch_size: int = 64, cache_mb: float = 512):
-        if model.package_token:
-            raise NotImplementedError("the measured objective does not model the package token: use --objective fisher")
         self.model, self.images, self.batch_size = model, images, int(batch_size)
+        self.package = bool(model.package_token)
         self.labels = images.labels
         self._cache_bytes = int(cache_mb * 2**20)
         self._states: OrderedDict = OrderedDict()  # prefix -> (chunks, bytes), least recently used first
@@ -86,6 +86,8 @@ class QualityEvaluator:
         self._outputs, self._scores = [], []  # per block l of the unpruned model: its (D, N, C) output, (D, P) scores
         with torch.inference_mode():
             chunks = [self.model.embed(x[s:s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
+            # a first cut with the package token merges its pruned tokens before the MLP: it runs block l's attention
+            self._embedded = torch.cat(chunks) if self.package else None
             for blk in self.model.vit.blocks:
                 self._scores.append(torch.cat([blk.attention_part(c)[1] for c in chunks]))
                 chunks = [Block.forward(blk, c) for c in chunks]
@@ -210,9 +212,15 @@ class QualityEvaluator:
 
         Every token's output of block l is the unpruned one (the tokens are the unpruned ones, the MLP is per
         token), so the kept tokens are gathered from the unpruned block output."""
-        D, P = len(self), self.model.num_patches
+        D, P, B = len(self), self.model.num_patches, self.batch_size
         keep = self._keep(l, mode, value, self._scores[l], None)
-        return self._regroup([self._outputs[l]], [keep], np.arange(D), np.full((l, D), P, np.int64))
+        if not self.package:
+            return self._regroup([self._outputs[l]], [keep], np.arange(D), np.full((l, D), P, np.int64))
+        # the package averages the pruned tokens before the MLP: block l's attention part on its unpruned input
+        blk, x = self.model.vit.blocks[l], self._embedded if l == 0 else self._outputs[l - 1]
+        tokens = [blk.attention_part(x[s:s + B])[0] for s in range(0, D, B)]
+        return self._regroup(tokens, [keep[s:s + B] for s in range(0, D, B)], np.arange(D), np.full((l, D), P, np.int64),
+                             blk, lives=[None] * len(tokens))
 
     def _block(self, l: int, mode: str, value, chunks: list, order: np.ndarray, track: bool = False) -> tuple[list, np.ndarray]:
         """Block l on a state after block l - 1: (chunks, order) -> the same after block l.
@@ -223,35 +231,41 @@ class QualityEvaluator:
         history (an accumulated token score, :func:`~vitedge.models.pruning.window_mean`, with a selector at or
         after block l). The last block of a model whose head reads its prefix tokens only outputs those (B, p, C)."""
         blk, p = self.model.vit.blocks[l], self.model.num_prefix
+        q = p + self.package  # tokens before the patch tokens (every state has the package token, when it is on)
         prefix_head = l == self.model.depth - 1 and self.model.min_patch_tokens == 0
-        out, keeps = [], []
+        out, keeps, lives = [], [], []
         for tokens, valid, kept, history in chunks:
             bias = None if valid is None else torch.zeros(valid.shape, dtype=tokens.dtype).masked_fill(~valid, float("-inf"))[:, None, None, :]
-            live = None if valid is None else valid[:, p:]
+            live = None if valid is None else valid[:, q:]
+            if self.package:  # proportional attention: log of the patch tokens the package stands for
+                present = torch.full((tokens.shape[0],), tokens.shape[1] - q) if live is None else live.sum(1)
+                size = package_key_bias(tokens, p, (self.model.num_patches - present).reshape(-1, 1, 1).to(tokens.dtype))
+                bias = size if bias is None else bias + size
             if prefix_head:  # only the prefix tokens reach the head; the selector only counts
-                t, scores = blk.attention_part(tokens, key_bias=bias, queries=p)
+                t, scores = blk.attention_part(tokens, key_bias=bias, queries=p, num_prefix=q)
                 if track:
                     history, scores = window_mean(history, scores)
                 keep = live if value is None else self._keep(l, mode, value, scores, live)
                 n = np.full(t.shape[0], scores.shape[1], np.int64) if keep is None else keep.sum(1).numpy()
-                out.append((blk.mlp_part(t), None, np.concatenate([kept, n[None]]), None))
+                out.append((blk.mlp_part(t), None, np.concatenate([kept, n[None] + self.package]), None))
             elif value is None:  # no selector: timm's own block (fused attention), padding masked as keys
                 if track:  # the scores are summed for a later selector: the explicit attention, as deployed
-                    t, scores = blk.attention_part(tokens, key_bias=bias)
+                    t, scores = blk.attention_part(tokens, key_bias=bias, num_prefix=q)
                     t, (history, _) = blk.mlp_part(t), window_mean(history, scores)
                 else:
                     t = Block.forward(blk, tokens, attn_mask=bias)
-                n = np.full(t.shape[0], t.shape[1] - p, np.int64) if valid is None else live.sum(1).numpy()
-                out.append((t, valid, np.concatenate([kept, n[None]]), history if track else None))
+                n = np.full(t.shape[0], t.shape[1] - q, np.int64) if valid is None else live.sum(1).numpy()
+                out.append((t, valid, np.concatenate([kept, n[None] + self.package]), history if track else None))
             else:
-                t, scores = blk.attention_part(tokens, key_bias=bias)
+                t, scores = blk.attention_part(tokens, key_bias=bias, num_prefix=q)
                 if track:
                     history, scores = window_mean(history, scores)
                 out.append(t)
                 keeps.append(self._keep(l, mode, value, scores, live))
+                lives.append(live)
         if not keeps:
             return out, order
-        return self._regroup(out, keeps, order, np.concatenate([c[2] for c in chunks], axis=1), blk)
+        return self._regroup(out, keeps, order, np.concatenate([c[2] for c in chunks], axis=1), blk, lives=lives)
 
     def _tail(self, mode: str, l0: int, last: int, chunks: list, order: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Blocks l0..L-1, none with a selector (the last one is at block ``last`` < l0), and the head, on a state
@@ -286,7 +300,7 @@ class QualityEvaluator:
         return (ref.exp() * (ref - logp)).sum(-1), logp.argmax(-1).numpy()
 
     def _regroup(self, tokens: list, keeps: list, order: np.ndarray, kept: np.ndarray, blk=None,
-                 rows: np.ndarray | None = None) -> tuple[list, np.ndarray]:
+                 rows: np.ndarray | None = None, lives: list | None = None) -> tuple[list, np.ndarray]:
         """After a selector: the kept tokens of every image, re-chunked with the images sorted by kept count.
 
         Args:
@@ -295,12 +309,16 @@ class QualityEvaluator:
             blk: the block whose MLP part runs on the kept tokens (None: ``tokens`` are block outputs).
             rows: (R,) the rows (of the concatenated chunks) to keep, in this order (None: every row, sorted
                 by kept count).
+            lives: per chunk the (B, P') bool live patch tokens (None: all) when a selector made ``keeps``: its
+                pruned tokens merge into the package token (when it is on); None: ``keeps`` only drop padding.
 
         Returns:
             (chunks, order) as :meth:`_block`: chunks of ``batch_size`` rows, each cut to its largest kept count,
             so that a chunk pads little.
         """
         p, B = self.model.num_prefix, self.batch_size
+        if lives is not None and self.package:
+            tokens, keeps = (list(z) for z in zip(*(self._merge(t, k, v) for t, k, v in zip(tokens, keeps, lives))))
         counts = np.concatenate([k.sum(1).numpy() for k in keeps])
         if rows is None:
             rows = np.argsort(counts, kind="stable")  # rows of the concatenated chunks, in the new order
@@ -320,6 +338,25 @@ class QualityEvaluator:
             t, valid = _compact(x_c, torch.cat([torch.ones(keep_c.shape[0], p, dtype=torch.bool), keep_c], 1))
             chunks.append((t if blk is None else blk.mlp_part(t), None if bool(valid.all()) else valid, kept[:, s:s + B], None))
         return chunks, order[rows]
+
+    def _merge(self, tokens: torch.Tensor, keep: torch.Tensor, live: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A selector's pruned tokens (live and not kept) merged into the package token, as deployed.
+
+        Args:
+            tokens: (B, q + P', C) after the attention part, q = p (no package token yet) or p + 1.
+            keep: (B, P') bool kept patch tokens; live: (B, P') bool real (not padding) patch tokens, None: all.
+
+        Returns:
+            (B, p + 1 + P', C) tokens with the package at column p, and (B, 1 + P') bool keep (the package kept).
+        """
+        p, P = self.model.num_prefix, self.model.num_patches
+        q = tokens.shape[1] - keep.shape[1]
+        live = torch.ones_like(keep) if live is None else live
+        size = (P - live.sum(1)).to(tokens.dtype).reshape(-1, 1, 1)
+        new_size = (P - keep.sum(1)).to(tokens.dtype).reshape(-1, 1, 1)
+        package = package_merge(tokens[:, p:q] if q > p else None, size, tokens[:, q:], (live & ~keep).to(tokens.dtype), new_size)
+        return (torch.cat([tokens[:, :p], package, tokens[:, q:]], dim=1),
+                torch.cat([torch.ones(keep.shape[0], 1, dtype=torch.bool), keep], dim=1))
 
     def _head(self, tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """(B, n, C) -> (B, classes); heads that pool patch tokens see each image's own tokens only."""

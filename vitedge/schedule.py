@@ -17,23 +17,22 @@ class ScheduleError(ValueError):
     """Corrupt or mismatched schedule file."""
 
 
-def capacity_selectors(capacities, num_patches: int, package_token: bool = False) -> list[bool]:
+def capacity_selectors(capacities, num_patches: int) -> list[bool]:
     """(L,) whether each block runs its capacity selector: the one place this rule lives.
 
     A block with K_l set runs a selector only when K_l is below the patch tokens it receives (P into
     the first selector, K of the last selector that ran after it); at or above them it prunes nothing
-    and is compiled out (identity, no cost), K_0 = P included. With the package token every K_l runs
-    (it adds the token). Used by the adapter, :attr:`Schedule.selectors`, the planner and the quality
-    evaluator.
+    and is compiled out (identity, no cost), K_0 = P included. The package token is not a patch token
+    (it is never ranked), so it changes nothing here. Used by the adapter, :attr:`Schedule.selectors`,
+    the planner and the quality evaluator.
 
     Args:
         capacities: (L,) K_l per block, None = no selector.
         num_patches: P, the patch tokens entering the first block.
-        package_token: SPViT eq. (8) token appended by every selector.
     """
     out, present = [], num_patches
     for k in capacities:
-        runs = k is not None and (package_token or k < present)
+        runs = k is not None and k < present
         out.append(runs)
         if runs:
             present = k
@@ -88,11 +87,9 @@ class Schedule:
         """(L,) whether each block runs a selector.
 
         A capacity at or above the tokens its block receives prunes nothing and is compiled out
-        (:func:`capacity_selectors`; P from ``meta["num_patches"]``, unbounded in files without it),
-        unless the schedule carries the package token.
+        (:func:`capacity_selectors`; P from ``meta["num_patches"]``, unbounded in files without it).
         """
-        caps = capacity_selectors(self.capacities, self.meta.get("num_patches") or math.inf,
-                                  bool(self.meta.get("package_token")))
+        caps = capacity_selectors(self.capacities, self.meta.get("num_patches") or math.inf)
         return [t is not None or k for t, k in zip(self.thresholds, caps)]
 
     def to_dict(self) -> dict:

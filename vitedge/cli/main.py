@@ -130,8 +130,11 @@ def model_options(fn):
                      help="TFLite route: litert-torch (static shapes) or onnx2tf (threshold mode only; needs "
                           "vitedge[onnx2tf] or $VITEDGE_ONNX2TF; every file parity-checked; dynamic shapes run on "
                           "reference kernels where delegates refuse them)."),
-        click.option("--package-token", is_flag=True,
-                     help="append one token averaging the pruned ones, weighted by CLS score (SPViT eq. 8, no training)."),
+        click.option("--package-token/--no-package-token", default=True, show_default=True,
+                     help="merge the pruned tokens into one extra token that stands for them: their mean, with log(count) added "
+                          "to its attention logits in later blocks (SPViT eq. 8's package token, ToMe's proportional "
+                          "attention; no training; measured to keep more accuracy for the milliseconds). "
+                          "--no-package-token drops them."),
         click.option("--token-score", type=click.Choice(token_scores.NAMES), default=token_scores.DEFAULT,
                      show_default=True,
                      help="how selectors rank patch tokens: significance (CLS attention x value norm, ATS token scoring; measured "
@@ -157,7 +160,7 @@ def _options(kw: dict, **extra) -> Options:
                    calib_limit=kw["calib_limit"], device=kw["device"], runtime=kw["runtime"], threads=kw["threads"],
                    cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], progress=not kw["quiet"],
                    device_settings=settings, mode=kw.get("mode"), format=kw.get("fmt"), tokens_step=kw.get("tokens_step"),
-                   package_token=bool(kw.get("package_token")), token_score=kw.get("token_score") or token_scores.DEFAULT,
+                   package_token=kw.get("package_token", Options.package_token), token_score=kw.get("token_score") or token_scores.DEFAULT,
                    tflite_converter=kw.get("tflite_converter") or "litert-torch",
                    precision=kw.get("precision") or "fp32", quantization=kw.get("quantization") or "dynamic", **extra)
     preset = measure_overrides(kw["device"], kw.get("devices_file"))  # the preset's protocol, then the flags

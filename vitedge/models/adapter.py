@@ -21,8 +21,8 @@ from torch import nn
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from ..schedule import capacity_selectors
-from .pruning import (ACCUMULATED, TOKEN_SCORES, capacity_select, gather_tokens, package_token, threshold_keep_indices,
-                      window_mean)
+from .pruning import (ACCUMULATED, TOKEN_SCORES, capacity_gather_matrix, capacity_select, gather_tokens, package_key_bias,
+                      package_merge, threshold_keep, threshold_keep_indices, window_mean)
 
 
 class UnsupportedModelError(ValueError):
@@ -84,14 +84,17 @@ class PrunableBlock(Block):
     min_keep: int = 0  # patch tokens a selector always keeps (1 when the head pools patch tokens)
 
     def attention_part(self, x: torch.Tensor, fisher_mask: torch.Tensor | None = None,
-                       key_bias: torch.Tensor | None = None, queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """MSA with residual: (B, N, C) -> (B, N, C), plus (B, N - p) CLS scores.
+                       key_bias: torch.Tensor | None = None, queries: int | None = None,
+                       num_prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MSA with residual: (B, N, C) -> (B, N, C), plus (B, N - p') scores of the patch tokens.
 
         ``fisher_mask`` (B, N, 1) of ones, when given, multiplies the MSA output (RCTP eq. (4)).
         ``key_bias`` (B, 1, 1, N), ``queries`` q (output (B, q, C): the first q tokens only): see
-        :meth:`PrunableAttention.forward_with_scores`.
+        :meth:`PrunableAttention.forward_with_scores`. ``num_prefix`` p' (default :attr:`num_prefix`): the
+        tokens before the patch tokens, the package token included once there is one (it is never scored).
         """
-        a, scores = self.attn.forward_with_scores(self.norm1(x), self.num_prefix, key_bias, queries)
+        p = self.num_prefix if num_prefix is None else num_prefix
+        a, scores = self.attn.forward_with_scores(self.norm1(x), p, key_bias, queries)
         if fisher_mask is not None:
             a = a * fisher_mask
         return (x if queries is None else x[:, :queries]) + self.drop_path1(self.ls1(a)), scores
@@ -100,18 +103,13 @@ class PrunableBlock(Block):
         """MLP with residual: (B, n, C) -> (B, n, C)."""
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
-    def select(self, x: torch.Tensor, scores: torch.Tensor, threshold: float, package: bool = False) -> torch.Tensor:
-        """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C) [+ 1 package token]."""
-        kept = gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix, keep_best=bool(self.min_keep)))
-        if not package:
-            return kept
-        theta = torch.minimum(torch.as_tensor(threshold, dtype=scores.dtype), scores.max()) if self.min_keep else threshold
-        pruned = (scores < theta).to(scores.dtype)  # the tokens the selector dropped
-        return torch.cat([kept, package_token(x[:, self.num_prefix:], scores, pruned)], dim=1)
+    def select(self, x: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C)."""
+        return gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix, keep_best=bool(self.min_keep)))
 
-    def select_capacity(self, x: torch.Tensor, scores: torch.Tensor, capacity: int, package: bool = False) -> torch.Tensor:
-        """Capacity selector (static shapes, any batch): (B, N, C), (B, N - p) -> (B, p + K, C) [+ 1 package token]."""
-        return capacity_select(x, scores, capacity, self.num_prefix, package=package)
+    def select_capacity(self, x: torch.Tensor, scores: torch.Tensor, capacity: int) -> torch.Tensor:
+        """Capacity selector (static shapes, any batch): (B, N, C), (B, N - p) -> (B, p + K, C)."""
+        return capacity_select(x, scores, capacity, self.num_prefix)
 
 
 @dataclass
@@ -322,36 +320,52 @@ class PrunableViT(nn.Module):
         """
         tokens = self.embed(x)
         out = ForwardOutput(logits=tokens)
+        p, P = self.num_prefix, self.num_patches
         static = True  # token counts are static until a threshold selector runs
         # K >= tokens present: the selector is the identity, compiled out (no cost)
-        runs = capacity_selectors(self.capacities, self.num_patches, self.package_token)
+        runs = capacity_selectors(self.capacities, P)
         selects = [t is not None or (k is not None and r) for t, k, r in zip(self.thresholds, self.capacities, runs)]
         # an accumulated score sums every block's score from the previous selector to the next one (window_mean)
         window = self.token_score in ACCUMULATED
         history = None
+        packed, size = False, 0  # a package token at column p (once a selector ran) and the patch tokens it stands for
         for i, blk in enumerate(self.vit.blocks):
             theta, cap = self.thresholds[i], (self.capacities[i] if runs[i] else None)
             mask = fisher_masks[i] if fisher_masks is not None else None
+            bias = package_key_bias(tokens, p, size) if packed else None
+            q = p + packed  # tokens before the patch tokens
             if theta is None and cap is None and mask is None and not want_scores and not (window and any(selects[i:])):
-                tokens, scores = Block.forward(blk, tokens), None
+                tokens, scores = (Block.forward(blk, tokens) if bias is None else Block.forward(blk, tokens, attn_mask=bias)), None
             else:
-                tokens, scores = blk.attention_part(tokens, mask)
+                tokens, scores = blk.attention_part(tokens, mask, key_bias=bias, num_prefix=q)
                 if window:
                     history, scores = window_mean(history, scores)
                     if selects[i]:
                         history = None  # the next window starts on the kept tokens
-                if theta is not None:
-                    tokens = blk.select(tokens, scores, theta, package=self.package_token)
-                    static = False
-                elif cap is not None:  # never more than present (with the package token, K may equal it)
-                    tokens = blk.select_capacity(tokens, scores, min(cap, tokens.shape[1] - self.num_prefix),
-                                                 package=self.package_token)
+                if theta is not None or cap is not None:
+                    patches = tokens[:, q:]
+                    if theta is not None:
+                        kept = gather_tokens(patches, threshold_keep_indices(scores, theta, 0, keep_best=bool(blk.min_keep)))
+                        keep = threshold_keep(scores, theta, keep_best=bool(blk.min_keep)) if self.package_token else None
+                        static = False
+                    else:  # never more than present
+                        gather = capacity_gather_matrix(scores, min(cap, patches.shape[1]))
+                        kept, keep = gather @ patches, gather.sum(dim=-2)
+                    if self.package_token:
+                        # sizes: static ints while the shapes are, else (1, 1, 1) counts from the kept tokens
+                        new_size = P - (kept.shape[1] if static else torch.ones_like(kept[:, :, :1]).sum(dim=1, keepdim=True))
+                        package = package_merge(tokens[:, p:q] if packed else None, size, patches,
+                                                1.0 - keep.to(patches.dtype), new_size)
+                        packed, size = True, new_size
+                        tokens = torch.cat([tokens[:, :p], package, kept], dim=1)
+                    else:
+                        tokens = torch.cat([tokens[:, :p], kept], dim=1)
                 tokens = blk.mlp_part(tokens)
             out.scores.append(scores)
             if static:  # a constant in the exported graph (no op)
-                out.kept.append(torch.tensor(tokens.shape[1] - self.num_prefix, dtype=torch.int64))
+                out.kept.append(torch.tensor(tokens.shape[1] - p, dtype=torch.int64))
             else:
-                out.kept.append(torch.ones_like(tokens[0, :, 0], dtype=torch.int64).sum() - self.num_prefix)
+                out.kept.append(torch.ones_like(tokens[0, :, 0], dtype=torch.int64).sum() - p)
         out.logits = self.head(tokens)
         return out
 

@@ -83,6 +83,14 @@ def window_mean(history: tuple[torch.Tensor, int] | None, scores: torch.Tensor) 
     return (total, blocks), total / blocks
 
 
+def threshold_keep(scores: torch.Tensor, threshold: float | torch.Tensor, keep_best: bool = False) -> torch.Tensor:
+    """(B, P) scores -> (B, P) bool, ``score >= threshold`` (GreaterOrEqual); with ``keep_best`` the threshold is
+    lowered to each row's best score when every score is below it (ReduceMax, Min)."""
+    if keep_best and scores.shape[-1] > 0:
+        threshold = torch.minimum(torch.as_tensor(threshold, dtype=scores.dtype), scores.amax(-1, keepdim=True))
+    return scores >= threshold
+
+
 def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor, num_prefix: int,
                            keep_best: bool = False) -> torch.Tensor:
     """Indices (into all N tokens) of the tokens kept by ``score >= threshold``; prefix tokens always kept.
@@ -105,9 +113,7 @@ def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor
     """
     if scores.shape[0] != 1:
         raise ValueError(f"threshold pruning runs at batch 1 (kept-token counts differ per image); got batch {scores.shape[0]}")
-    if keep_best and scores.shape[-1] > 0:
-        threshold = torch.minimum(torch.as_tensor(threshold, dtype=scores.dtype), scores[0].max())
-    keep = scores[0] >= threshold
+    keep = threshold_keep(scores, threshold, keep_best)[0]
     # the prefix mask is built with a concat of ones, not a symbolic arange (export-friendly)
     keep = torch.cat([torch.ones(num_prefix, dtype=torch.bool, device=scores.device), keep])
     return torch.nonzero(keep).squeeze(1)
@@ -182,31 +188,58 @@ def capacity_gather_matrix(scores: torch.Tensor, capacity: int) -> torch.Tensor:
     return _step(0.5 - (rank - slots).abs())                                              # (B, K, P)
 
 
-def capacity_select(x: torch.Tensor, scores: torch.Tensor, capacity: int, num_prefix: int,
-                    package: bool = False) -> torch.Tensor:
-    """Keep the prefix tokens and the ``capacity`` best patch tokens: (B, N, C) -> (B, p + K, C),
-    or (B, p + K + 1, C) with the ``package`` token (SPViT eq. (8)) appended."""
-    gather = capacity_gather_matrix(scores, capacity)
-    patches = x[:, num_prefix:]
-    parts = [x[:, :num_prefix], gather @ patches]
-    if package:
-        parts.append(package_token(patches, scores, 1.0 - gather.sum(dim=-2)))
-    return torch.cat(parts, dim=1)
+def capacity_select(x: torch.Tensor, scores: torch.Tensor, capacity: int, num_prefix: int) -> torch.Tensor:
+    """Keep the prefix tokens and the ``capacity`` best patch tokens: (B, N, C) -> (B, p + K, C)."""
+    return torch.cat([x[:, :num_prefix], capacity_gather_matrix(scores, capacity) @ x[:, num_prefix:]], dim=1)
 
 
-def package_token(x_patch: torch.Tensor, scores: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
-    """SPViT eq. (8), retraining-free: the pruned tokens averaged with their scores as weights.
+def package_merge(package: torch.Tensor | None, size: float | torch.Tensor, patches: torch.Tensor,
+                  pruned: torch.Tensor, new_size: float | torch.Tensor) -> torch.Tensor:
+    """Merge the tokens a selector prunes into the package token: its size-weighted mean (vitedge's).
 
-    P = sum_i s_i x_i / sum_i s_i over the pruned tokens i (SPViT weights by the learned keep
-    probability; without training, the CLS-attention score stands in for it). MatMul only.
+    The package token (SPViT §3.2, eq. (8): the pruned tokens fused into one token) stands for every patch
+    token pruned so far and carries that count as its size s (ToMe §3, "Tracking Token Size"): the new
+    package is (s x package + sum of the pruned tokens) / s', s' = s + #pruned, so it is the plain mean of
+    the pruned tokens as they left. SPViT weights by a learned keep probability; retraining-free, the pruned
+    tokens weigh alike (they are the low scores). Its attention logit gets + log s' in every later block
+    (:func:`package_key_bias`), so it draws the attention the pruned tokens drew together. MatMul, Mul,
+    Add, Div: sort-free.
 
     Args:
-        x_patch: (B, P, C) patch tokens before selection.
-        scores: (B, P) their scores.
-        pruned: (B, P) 1.0 for pruned tokens, 0.0 for kept ones (float).
+        package: (B, 1, C) the package token so far, or None before the first selector.
+        size: s, the tokens it stands for (0 before the first selector): a number, or a (B, 1, 1) tensor.
+        patches: (B, P', C) the patch tokens entering the selector (the package not among them).
+        pruned: (B, P') 1.0 for each token the selector prunes, else 0.0.
+        new_size: s' = s + pruned.sum(-1), as a number (static shapes) or a (B, 1, 1) tensor.
 
     Returns:
-        (B, 1, C); zeros when nothing is pruned.
+        (B, 1, C) the package token; zeros when s' = 0 (nothing pruned yet; its bias is then -inf).
     """
-    w = (scores * pruned).unsqueeze(-2)                      # (B, 1, P)
-    return (w @ x_patch) / (w.sum(dim=-1, keepdim=True) + 1e-12)
+    total = pruned.unsqueeze(-2) @ patches
+    if package is not None:
+        total = total + package * size
+    if isinstance(new_size, torch.Tensor):
+        return total / torch.clamp(new_size, min=1.0)
+    return total / max(float(new_size), 1.0)
+
+
+def package_key_bias(tokens: torch.Tensor, num_prefix: int, size: float | torch.Tensor) -> torch.Tensor:
+    """Proportional attention for the package token (ToMe §3, eq. (1): softmax(q k^T / sqrt(d) + log s)).
+
+    Args:
+        tokens: (B, N, C) tokens with the package token at column p (after the prefix tokens).
+        num_prefix: p.
+        size: s, the patch tokens the package stands for: a number (static shapes: the bias is a constant)
+            or a (B, 1, 1) tensor (threshold mode: per image).
+
+    Returns:
+        (B or 1, 1, 1, N) additive attention-logit bias: log s on the package's column (-inf when s = 0: the
+        package is then no key), 0 elsewhere.
+    """
+    if not isinstance(size, torch.Tensor):
+        row = np.zeros((1, 1, 1, tokens.shape[1]), np.float32)
+        row[..., num_prefix] = np.log(size) if size > 0 else -np.inf
+        return torch.tensor(row, dtype=tokens.dtype)
+    zeros = torch.zeros_like(tokens[..., 0])  # (B, N): built from the tokens, so N may be dynamic
+    bias = torch.cat([zeros[:, :num_prefix], torch.log(size.reshape(-1, 1).to(tokens.dtype)), zeros[:, num_prefix + 1:]], dim=1)
+    return bias[:, None, None, :]

@@ -74,8 +74,8 @@ class Planner:
                 kept = np.broadcast_to(self.capacities[None, :, None], (L, len(ks), 1)).copy()
                 kept[:, 1:] += int(package_token)  # the package token travels with the kept ones
                 self.cost, self.base = table.candidate_costs(kept, mode="capacity")
-                if not package_token:  # K_l = K_{l-1}: the selector is the identity and compiled out
-                    self._repeat_saves = table.selector_charge_ms("capacity")
+                # K_l = K_{l-1}: the selector is the identity and compiled out
+                self._repeat_saves = table.selector_charge_ms("capacity")
             else:
                 kept = calibration.kept.astype(np.int64)
                 if package_token:
@@ -109,7 +109,7 @@ class Planner:
             # the search charges a selector to every m > 0 (additive costs: an upper bound); the
             # export compiles out those that prune nothing (K_l repeats the previous block's), so the
             # prediction drops them too
-            running = capacity_selectors(capacities, int(cal.meta["num_patches"]), self.package_token)
+            running = capacity_selectors(capacities, int(cal.meta["num_patches"]))
             total -= (sum(k is not None for k in capacities) - sum(running)) * self._repeat_saves
         else:
             thr = [None if m == 0 else float(cal.thresholds[l, m]) for l, m in enumerate(idx)]

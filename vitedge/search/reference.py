@@ -110,7 +110,11 @@ class ReferencePlanner(Planner):
                  f"the rows at pruning rates {t.rates[0]:g}..{t.max_rate:g}",
                  f"{'block':>5} {'tokens in':>9} {'rate':>6} {'block ms':>9}   {'candidate':>9} {'selector':>10} {'kept patches':>12}"]
         for l in range(L):
-            n_in = np.array([N]) if l == 0 else kept_of(l - 1) + p
+            if l == 0:
+                n_in = np.array([N])
+            else:  # the package token travels with the kept tokens of a candidate that prunes (as the planner counts it)
+                pkg = int(self.package_token and schedule.candidates[l - 1] > 0)
+                n_in = np.minimum(kept_of(l - 1) + pkg, N - p) + p
             ms = float(t.block_latency(n_in).mean())
             m = schedule.candidates[l]
             if self.mode == "capacity":

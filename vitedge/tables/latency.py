@@ -174,7 +174,8 @@ class LatencyTable:
         """Predicted whole-model latency (ms) for kept patch-token counts.
 
         Args:
-            kept: (L,) or (L, D) patch tokens leaving each block (D images).
+            kept: (L,) or (L, D) patch tokens leaving each block (D images); with the package token it counts as one
+                (P + 1 after a threshold selector that kept every patch token: read at N, the table's largest count).
             selectors: (L,) bool, block has a selector; default: where a block keeps fewer tokens
                 than it received.
             mode: "threshold" or "capacity" (which selector part is charged).
@@ -184,7 +185,7 @@ class LatencyTable:
         """
         kept = np.asarray(kept, np.int64)
         p, N = int(self.model["num_prefix"]), self.num_tokens
-        n_out = kept + p
+        n_out = np.minimum(kept + p, N)
         n_in = np.concatenate([np.full((1,) + kept.shape[1:], N), n_out[:-1]], axis=0)
         if selectors is None:
             selectors = (n_out < n_in).any(axis=tuple(range(1, kept.ndim))) if kept.ndim > 1 else n_out < n_in
