@@ -30,7 +30,7 @@ from .tables.latency import SELECTOR_PART
 
 AIM = 0.95          # aim the measured median at this fraction of the budget
 ACCEPT_LOW = 0.90   # accept a measured median in [ACCEPT_LOW, 1.0] x budget at once
-MAX_STEP = 1.25     # one round re-aims the search budget by at most this factor (robust to a noisy round)
+MAX_STEP = 1.25     # one round re-aims the search budget, and moves the table's bias, by at most this factor
 
 
 class BudgetNotMetError(RuntimeError):
@@ -254,7 +254,9 @@ class ClosedLoop:
                 best = (schedule, path, m)
             if best is not None and (best[2]["at_quantile_ms"] >= ACCEPT_LOW * budget or best[0].keeps_everything):
                 break  # close enough to the budget, or nothing pruned and within it (nothing is more accurate)
-            bias = min(max(med / realised, 1 / MAX_STEP), MAX_STEP) if realised > 0 else 1.0
+            # the bias moves at most MAX_STEP per round from the last one (a noisy round cannot swing it), so a
+            # device slower than its table by more than MAX_STEP is still reached in a few rounds
+            bias = min(max(med / realised, bias / MAX_STEP), bias * MAX_STEP) if realised > 0 else bias
         if best is None:
             raise BudgetNotMetError(f"measured {min(x['measured_ms'] for x in self.rounds):.3f} ms > budget {budget:.3f} ms "
                                     f"after {len(self.rounds)} rounds: the device is slower than its table (re-profile with --no-cache) "

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from ..schedule import capacity_selectors
 from .pruning import (ACCUMULATED, TOKEN_SCORES, capacity_gather_matrix, capacity_select, gather_tokens, package_key_bias,
-                      package_merge, threshold_keep, threshold_keep_indices, window_mean)
+                      package_merge, threshold_keep_indices, threshold_select, window_mean)
 
 
 class UnsupportedModelError(ValueError):
@@ -329,10 +329,10 @@ class PrunableViT(nn.Module):
         window = self.token_score in ACCUMULATED
         history = None
         packed, size = False, 0  # a package token at column p (once a selector ran) and the patch tokens it stands for
+        bias = None  # its attention bias (package_key_bias), made once per selector: no token count changes in between
         for i, blk in enumerate(self.vit.blocks):
             theta, cap = self.thresholds[i], (self.capacities[i] if runs[i] else None)
             mask = fisher_masks[i] if fisher_masks is not None else None
-            bias = package_key_bias(tokens, p, size) if packed else None
             q = p + packed  # tokens before the patch tokens
             if theta is None and cap is None and mask is None and not want_scores and not (window and any(selects[i:])):
                 tokens, scores = (Block.forward(blk, tokens) if bias is None else Block.forward(blk, tokens, attn_mask=bias)), None
@@ -345,19 +345,19 @@ class PrunableViT(nn.Module):
                 if theta is not None or cap is not None:
                     patches = tokens[:, q:]
                     if theta is not None:
-                        kept = gather_tokens(patches, threshold_keep_indices(scores, theta, 0, keep_best=bool(blk.min_keep)))
-                        keep = threshold_keep(scores, theta, keep_best=bool(blk.min_keep)) if self.package_token else None
+                        kept, keep = threshold_select(patches, scores, theta, keep_best=bool(blk.min_keep))
                         static = False
                     else:  # never more than present
                         gather = capacity_gather_matrix(scores, min(cap, patches.shape[1]))
                         kept, keep = gather @ patches, gather.sum(dim=-2)
                     if self.package_token:
-                        # sizes: static ints while the shapes are, else (1, 1, 1) counts from the kept tokens
-                        new_size = P - (kept.shape[1] if static else torch.ones_like(kept[:, :, :1]).sum(dim=1, keepdim=True))
-                        package = package_merge(tokens[:, p:q] if packed else None, size, patches,
-                                                1.0 - keep.to(patches.dtype), new_size)
+                        # sizes: static ints while the shapes are, else (1, 1, 1) counts from the keep mask
+                        keep = keep.to(patches.dtype)
+                        new_size = P - (kept.shape[1] if static else keep.sum(dim=-1, keepdim=True).unsqueeze(-1))
+                        package = package_merge(tokens[:, p:q] if packed else None, size, patches, 1.0 - keep, new_size)
                         packed, size = True, new_size
                         tokens = torch.cat([tokens[:, :p], package, kept], dim=1)
+                        bias = package_key_bias(tokens, p, size)
                     else:
                         tokens = torch.cat([tokens[:, :p], kept], dim=1)
                 tokens = blk.mlp_part(tokens)

@@ -91,6 +91,24 @@ def threshold_keep(scores: torch.Tensor, threshold: float | torch.Tensor, keep_b
     return scores >= threshold
 
 
+def threshold_select(patches: torch.Tensor, scores: torch.Tensor, threshold: float | torch.Tensor,
+                     keep_best: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Threshold selector on the patch tokens: (1, P', C), (1, P') -> the kept tokens (1, K, C) in token order and
+    the (1, P') bool keep mask (:func:`threshold_keep`; one GreaterOrEqual, NonZero, Gather).
+
+    Raises:
+        ValueError: batch size is not 1.
+    """
+    _check_batch1(scores)
+    keep = threshold_keep(scores, threshold, keep_best)
+    return gather_tokens(patches, torch.nonzero(keep[0]).squeeze(1)), keep
+
+
+def _check_batch1(scores: torch.Tensor) -> None:
+    if scores.shape[0] != 1:
+        raise ValueError(f"threshold pruning runs at batch 1 (kept-token counts differ per image); got batch {scores.shape[0]}")
+
+
 def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor, num_prefix: int,
                            keep_best: bool = False) -> torch.Tensor:
     """Indices (into all N tokens) of the tokens kept by ``score >= threshold``; prefix tokens always kept.
@@ -111,8 +129,7 @@ def threshold_keep_indices(scores: torch.Tensor, threshold: float | torch.Tensor
     Raises:
         ValueError: batch size is not 1.
     """
-    if scores.shape[0] != 1:
-        raise ValueError(f"threshold pruning runs at batch 1 (kept-token counts differ per image); got batch {scores.shape[0]}")
+    _check_batch1(scores)
     keep = threshold_keep(scores, threshold, keep_best)[0]
     # the prefix mask is built with a concat of ones, not a symbolic arange (export-friendly)
     keep = torch.cat([torch.ones(num_prefix, dtype=torch.bool, device=scores.device), keep])
