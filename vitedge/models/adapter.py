@@ -173,7 +173,7 @@ class PrunableViT(nn.Module):
             blk.min_keep = self.min_patch_tokens
         self.thresholds: list[float | None] = [None] * len(vit.blocks)
         self.capacities: list[int | None] = [None] * len(vit.blocks)
-        self.package_token = False  # SPViT eq. (8): append one token that averages the pruned ones
+        self.package_token = False  # merge the pruned tokens into one sized token (pruning.package_merge); vitedge turns it on
         self.token_score = "cls-attention"
 
     @property
@@ -248,8 +248,8 @@ class PrunableViT(nn.Module):
         """Set K_l per block (patch tokens kept by the capacity selector); ``None`` = no selector.
 
         A block whose K_l is at least the patch tokens it receives (K_l = P, or K_l equal to the
-        previous block's) prunes nothing: its selector is compiled out (identity, no cost), except
-        with the package token (:func:`~vitedge.schedule.capacity_selectors`).
+        previous block's) prunes nothing: its selector is compiled out (identity, no cost;
+        :func:`~vitedge.schedule.capacity_selectors`).
 
         Clears the thresholds. Raises ValueError on a wrong length or K outside 0..P.
         """
@@ -310,7 +310,12 @@ class PrunableViT(nn.Module):
 
     def forward_with_info(self, x: torch.Tensor, *, want_scores: bool = False,
                           fisher_masks: list | None = None) -> ForwardOutput:
-        """Forward pass with pruning per :attr:`thresholds`, returning scores and kept counts.
+        """Forward pass with pruning per :attr:`thresholds` (or :attr:`capacities`), returning scores and kept counts.
+
+        With :attr:`package_token`, the first selector that runs appends the package token after the prefix tokens
+        (column p), every selector merges the tokens it prunes into it (:func:`~.pruning.package_merge`), and every
+        later block adds log of its size to its attention logits (:func:`~.pruning.package_key_bias`); it is never
+        scored or pruned, and it counts as a kept token.
 
         Args:
             x: (B, 3, H, W) images; B must be 1 when any block has a threshold.
