@@ -69,7 +69,8 @@ class QualityEvaluator:
 
     With the package token (``model.package_token``, read once here) it sits at column p of every state after
     the first selector (as deployed), its size P - (live patch tokens) gives its attention bias, and every
-    selector merges its pruned tokens into it (:func:`~vitedge.models.pruning.package_merge`).
+    selector merges its pruned tokens into it (:func:`~vitedge.models.pruning.package_merge`); a first cut merges from
+    block l's unpruned attention output, kept per block (D x N x C floats each, as the block outputs).
     """
 
     def __init__(self, model: PrunableViT, images: ImageSet, *, batch_size: int = 64, cache_mb: float = 512):
@@ -86,10 +87,12 @@ class QualityEvaluator:
         self._outputs, self._scores = [], []  # per block l of the unpruned model: its (D, N, C) output, (D, P) scores
         with torch.inference_mode():
             chunks = [self.model.embed(x[s:s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
-            # a first cut with the package token merges its pruned tokens before the MLP: it runs block l's attention
-            self._embedded = torch.cat(chunks) if self.package else None
+            # a first cut with the package token merges its pruned tokens before the MLP: block l's attention output
+            self._attended = []  # per block, (D, N, C) after the attention part (kept with the package token only)
             for blk in self.model.vit.blocks:
-                self._scores.append(torch.cat([blk.attention_part(c)[1] for c in chunks]))
+                parts = [blk.attention_part(c) for c in chunks]
+                self._scores.append(torch.cat([sc for _, sc in parts]))
+                self._attended.append(torch.cat([t for t, _ in parts]) if self.package else None)
                 chunks = [Block.forward(blk, c) for c in chunks]
                 self._outputs.append(torch.cat(chunks))
             logits = torch.cat([self.model.head(c) for c in chunks])
@@ -216,9 +219,9 @@ class QualityEvaluator:
         keep = self._keep(l, mode, value, self._scores[l], None)
         if not self.package:
             return self._regroup([self._outputs[l]], [keep], np.arange(D), np.full((l, D), P, np.int64))
-        # the package averages the pruned tokens before the MLP: block l's attention part on its unpruned input
-        blk, x = self.model.vit.blocks[l], self._embedded if l == 0 else self._outputs[l - 1]
-        tokens = [blk.attention_part(x[s:s + B])[0] for s in range(0, D, B)]
+        # the package averages the pruned tokens before the MLP: from block l's unpruned attention output
+        blk, x = self.model.vit.blocks[l], self._attended[l]
+        tokens = [x[s:s + B] for s in range(0, D, B)]
         return self._regroup(tokens, [keep[s:s + B] for s in range(0, D, B)], np.arange(D), np.full((l, D), P, np.int64),
                              blk, lives=[None] * len(tokens))
 
