@@ -21,8 +21,8 @@ from torch import nn
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from ..schedule import capacity_selectors
-from .pruning import (ACCUMULATED, TOKEN_SCORES, capacity_gather_matrix, capacity_select, gather_tokens, package_key_bias,
-                      package_merge, threshold_keep_indices, threshold_select, window_mean)
+from .pruning import (ACCUMULATED, TOKEN_SCORES, capacity_gather_matrix, capacity_select, package_key_bias, package_merge,
+                      threshold_select, window_mean)
 
 
 class UnsupportedModelError(ValueError):
@@ -104,8 +104,10 @@ class PrunableBlock(Block):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def select(self, x: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C)."""
-        return gather_tokens(x, threshold_keep_indices(scores, threshold, self.num_prefix, keep_best=bool(self.min_keep)))
+        """Threshold selector: (1, N, C), (1, N - p) -> (1, p + K, C); the same ops as the deployed forward's
+        (:func:`~.pruning.threshold_select` on the patch tokens), so the latency table times what is deployed."""
+        kept, _ = threshold_select(x[:, self.num_prefix:], scores, threshold, keep_best=bool(self.min_keep))
+        return torch.cat([x[:, :self.num_prefix], kept], dim=1)
 
     def select_capacity(self, x: torch.Tensor, scores: torch.Tensor, capacity: int) -> torch.Tensor:
         """Capacity selector (static shapes, any batch): (B, N, C), (B, N - p) -> (B, p + K, C)."""
