@@ -88,8 +88,9 @@ MEASURE = ["--checkpoint", None, "--quiet", "--calib-limit", "24", "--runs", "20
 
 
 def test_export_main_job(env, tmp_path):
-    """Quick latency table, the unpruned latency measured (budget above it), then the main job at 55 % of it (far
-    enough below that a busier machine's next unpruned measurement does not take the keep-all path)."""
+    """Quick latency table, the unpruned latency measured (budget above it), then the main job at 65 % of it (far
+    enough below that a busier machine's next unpruned measurement does not take the keep-all path, and above the
+    fastest schedule, about 0.57x with the package token's extra token, when the unpruned run measured fast)."""
     out = tmp_path / "out"
     r = invoke(env, "profile", *base(env), "-o", str(tmp_path / "t.json"))
     assert r.exit_code == 0, r.output
@@ -97,7 +98,7 @@ def test_export_main_job(env, tmp_path):
     r = invoke(env, "export", *args, "--latency-table", str(tmp_path / "t.json"), "--budget-ms", "10000", "-o", str(tmp_path / "u"))
     assert r.exit_code == 0, r.output
     unpruned = json.loads((tmp_path / "u" / "report.json").read_text())["unpruned_ms"]["median"]
-    r = invoke(env, "export", *args, "--latency-table", str(tmp_path / "t.json"), "--budget-ms", f"{0.55 * unpruned:.4f}", "-o", str(out))
+    r = invoke(env, "export", *args, "--latency-table", str(tmp_path / "t.json"), "--budget-ms", f"{0.65 * unpruned:.4f}", "-o", str(out))
     assert r.exit_code in (0, 1), r.output  # 1: measured still over budget after the closed loop
     if r.exit_code == 1:
         assert_one_line_error(r, 1, "budget")
